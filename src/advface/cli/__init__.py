@@ -1,0 +1,1 @@
+"""Command-line interface: `advface <group> <command>`; one module per group."""
