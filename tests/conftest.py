@@ -5,6 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def pytest_configure(config) -> None:  # noqa: ARG001
+def pytest_configure(config) -> None:
     # Two cores on CI: keep torch from oversubscribing when pytest runs.
     torch.set_num_threads(2)

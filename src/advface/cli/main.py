@@ -4,6 +4,7 @@ one clear message and exit code 2 instead of a traceback."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -11,6 +12,7 @@ from advface import __version__
 from advface.cli import attack as attack_cli
 from advface.cli import data as data_cli
 from advface.cli import model as model_cli
+from advface.cli import run as run_cli
 from advface.cli import train as train_cli
 from advface.errors import AdvfaceError
 
@@ -24,6 +26,20 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(model_cli.app, name="model")
 app.add_typer(train_cli.app, name="train")
 app.add_typer(attack_cli.app, name="attack")
+app.command("run")(run_cli.run)
+app.command("results")(run_cli.results)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="run directory written by advface run"),
+    out: Path | None = typer.Option(None, "--out", help="report directory (default RUN_DIR/report)"),
+    notebook: bool = typer.Option(True, "--notebook/--no-notebook", help="also write an executed .ipynb"),
+) -> None:
+    """Write the scientific report (self-contained HTML and an executed notebook) of a run."""
+    from advface.cli.report import report
+
+    report(run_dir, out=out, notebook=notebook)
 
 
 @app.command()

@@ -1,0 +1,94 @@
+"""CPU cost of the dlib ResNet port (forward, forward+input-gradient) against dlib-bin itself.
+
+Why: attack sweeps run the descriptor thousands of times per image, so its cost sets what an
+experiment can afford. Prints a Markdown table of ms/image (median over repeats).
+
+    python benchmarks/dlib_forward.py [--threads 2] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from advface.models.dlib_format import dlib_model_path
+from advface.models.dlib_resnet import DlibResNet, load_dlib_resnet
+
+
+def median_ms_per_image(fn: Callable[[], object], batch: int, repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
+
+
+def torch_row(model: DlibResNet, label: str, batch: int, repeats: int, channels_last: bool) -> str:
+    x = torch.rand(batch, 3, 150, 150, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward() -> None:
+        # What an attack step does: loss on the descriptor, gradient w.r.t. the pixels.
+        xr = x.detach().requires_grad_(True)
+        model(xr).sum().backward()
+
+    fwd = median_ms_per_image(forward, batch, repeats)
+    fb = median_ms_per_image(forward_backward, batch, repeats)
+    return f"| {label} | {batch} | {fwd:.2f} | {fb:.2f} |"
+
+
+def dlib_row(batch: int, repeats: int) -> str:
+    import dlib
+
+    net = dlib.face_recognition_model_v1(str(dlib_model_path()))
+    rng = np.random.default_rng(0)
+    chips = [rng.integers(0, 256, (150, 150, 3), dtype=np.uint8) for _ in range(batch)]
+    if batch == 1:
+        ms = median_ms_per_image(lambda: net.compute_face_descriptor(chips[0]), 1, repeats)
+    else:
+        ms = median_ms_per_image(lambda: net.compute_face_descriptor(chips), batch, repeats)
+    return f"| dlib-bin compute_face_descriptor | {batch} | {ms:.2f} | n/a |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    default = load_dlib_resnet()  # weights frozen: only input gradients
+    trainable = load_dlib_resnet(trainable=True)
+    cl_weights = load_dlib_resnet().to(memory_format=torch.channels_last)
+    variants = [
+        ("DlibResNet (default, frozen weights)", default, False),
+        ("DlibResNet, trainable weights", trainable, False),
+        ("DlibResNet, channels_last input+weights", cl_weights, True),
+    ]
+    rows = [
+        "| implementation | batch | forward ms/img | forward+backward ms/img |",
+        "|---|---:|---:|---:|",
+    ]
+    for batch in args.batches:
+        for label, model, channels_last in variants:
+            rows.append(torch_row(model, label, batch, args.repeats, channels_last))
+        rows.append(dlib_row(batch, args.repeats))
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

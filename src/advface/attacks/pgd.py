@@ -1,0 +1,244 @@
+"""Projected gradient descent (Madry et al. 2018), L-inf and L2: the iterative engine.
+
+FGSM, BIM and MI-FGSM are this engine with fixed settings (see their files), which is what
+makes comparisons between them fair: same loss, same quantisation, same bookkeeping.
+
+Design choices:
+
+* **Gradient at the saved image.** Each step evaluates the model on the budget-safe quantised
+  iterate and takes the gradient there (a straight-through estimate of rounding), while the
+  continuous iterate accumulates the steps. So every evaluated candidate is exactly an image
+  that could be written to disk, the success bookkeeping costs no extra forward pass, and
+  steps smaller than one grey level still add up.
+* **Keep the best per image** across steps and restarts (:class:`BestTracker`); with
+  ``early_stop`` an image leaves the batch at its first success.
+* **Restarts**: a zero start (from the clean image, or from ``init`` when warm-started) plus
+  ``random_restarts`` uniform random starts. The zero start makes PGD's result a superset of
+  BIM's with the same steps and step size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from advface.attacks.base import (
+    Attack,
+    BestTracker,
+    Budget,
+    Goal,
+    LossKind,
+    attack_loss,
+    l2_norm,
+    project,
+)
+from advface.attacks.diversity import InputDiversity, TranslationInvariance
+from advface.errors import AdvfaceError
+
+Schedule = Literal["constant", "cosine"]
+
+
+def _per_image(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def random_start(clean: Tensor, budget: Budget, gen: torch.Generator) -> Tensor:
+    """A uniformly random point in the budget ball around ``clean`` (clipped to the box)."""
+    if budget.norm == "linf":
+        e = budget.effective_eps
+        if not math.isfinite(e):
+            e = 1.0
+        noise = torch.rand(clean.shape, generator=gen, device=clean.device) * 2 - 1
+        return project(clean, clean + e * noise.to(clean.dtype), budget)
+    e = budget.eps if math.isfinite(budget.eps) else 1.0
+    direction = torch.randn(clean.shape, generator=gen, device=clean.device).to(clean.dtype)
+    direction = direction / _per_image(l2_norm(direction).clamp_min(1e-12), direction)
+    radius = torch.rand(clean.shape[0], generator=gen, device=clean.device).to(clean.dtype)
+    return project(clean, clean + direction * _per_image(radius * e, direction), budget)
+
+
+def steepest_step(grad: Tensor, norm: str) -> Tensor:
+    """Unit steepest-ascent direction for the norm: sign for L-inf, normalised for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _per_image(l2_norm(grad).clamp_min(1e-12), grad)
+
+
+class PGD(Attack):
+    """Projected gradient ascent on the goal loss with restarts, keeping the best per image.
+
+    Hyper-parameters:
+        steps: gradient steps per start.
+        step_size: step length in [0, 1] units (L-inf: per pixel; L2: Euclidean); default
+            ``2.5 * eps / steps`` (Madry et al.), at least one grey level for L-inf.
+        random_restarts: number of uniformly random starts after the zero start.
+        zero_start: run once from the clean image (or ``init``) first.
+        loss / temperature / kappa: see :func:`advface.attacks.base.attack_loss`.
+        momentum: MI-FGSM decay factor mu (0 = plain PGD).
+        input_diversity: DI probability (0 = off); diversity_scale: smallest shrink factor.
+        ti_kernel: TI Gaussian kernel size (0 = off); ti_sigma: its std (default size/6).
+        schedule: ``"constant"`` or ``"cosine"`` (step decays to ~0 by the last step).
+        early_stop: drop an image from the batch as soon as it is fooled.
+        amp: bf16 autocast for gradient steps on CUDA (the final decision is in fp32).
+    """
+
+    name = "pgd"
+    supports_init = True
+
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        random_restarts: int = 1,
+        zero_start: bool = True,
+        loss: LossKind = "margin",
+        temperature: float = 1.0,
+        kappa: float = math.inf,
+        momentum: float = 0.0,
+        input_diversity: float = 0.0,
+        diversity_scale: float = 0.9,
+        ti_kernel: int = 0,
+        ti_sigma: float | None = None,
+        schedule: Schedule = "constant",
+        early_stop: bool = True,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(budget, amp=amp)
+        if steps < 0 or random_restarts < 0:
+            raise AdvfaceError(
+                f"steps and random_restarts must be >= 0, got {steps}, {random_restarts}",
+                fix="e.g. steps=10, random_restarts=1",
+            )
+        if not zero_start and random_restarts == 0:
+            raise AdvfaceError(
+                "PGD with zero_start=False needs random_restarts >= 1",
+                fix="set zero_start=True or random_restarts>=1",
+            )
+        if loss not in ("margin", "ce"):
+            raise AdvfaceError(f"unknown loss {loss!r}", fix="use loss 'margin' or 'ce'")
+        if schedule not in ("constant", "cosine"):
+            raise AdvfaceError(f"unknown schedule {schedule!r}", fix="use 'constant' or 'cosine'")
+        self.steps = steps
+        self.step_size = step_size if step_size is not None else self._default_step(steps)
+        self.random_restarts = random_restarts
+        self.zero_start = zero_start
+        self.loss = loss
+        self.temperature = temperature
+        self.kappa = kappa
+        self.momentum = momentum
+        self.diversity = (
+            InputDiversity(input_diversity, diversity_scale) if input_diversity > 0 else None
+        )
+        self.translation = TranslationInvariance(ti_kernel, ti_sigma) if ti_kernel > 0 else None
+        self.schedule = schedule
+        self.early_stop = early_stop
+
+    def _default_step(self, steps: int) -> float:
+        e = self.budget.effective_eps
+        if not math.isfinite(e):
+            e = 1.0 if self.budget.norm == "linf" else 10.0
+        alpha = 2.5 * e / max(steps, 1)
+        if self.budget.norm == "linf" and e > 0:
+            alpha = max(alpha, 1.0 / 255.0)
+        return alpha
+
+    def _alpha(self, t: int) -> float:
+        if self.schedule == "cosine" and self.steps > 1:
+            return self.step_size * 0.5 * (1.0 + math.cos(math.pi * t / self.steps))
+        return self.step_size
+
+    def _attack(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        goal: Goal,
+        gen: torch.Generator,
+        init: Tensor | None,
+    ) -> tuple[BestTracker, dict[str, Tensor]]:
+        n = images.shape[0]
+        tracker = BestTracker(images, goal, self.budget.norm)
+        iterations = torch.zeros(n, dtype=torch.long, device=images.device)
+        everyone = torch.arange(n, device=images.device)
+        starts = ["zero"] * int(self.zero_start) + ["random"] * self.random_restarts
+        if not self.zero_start or init is not None:
+            # The clean image itself is always a candidate: an image the model already gets
+            # wrong (Dodging) is a success at zero cost and is never attacked.
+            with torch.no_grad():
+                tracker.update(everyone, images, self.scores(model, images))
+        for start in starts:
+            idx = everyone[~tracker.success] if self.early_stop else everyone
+            if idx.numel() == 0:
+                break
+            clean = images[idx]
+            if start == "zero" and init is None:
+                x = clean
+            elif start == "zero":
+                x = project(clean, init[idx].to(clean.dtype), self.budget)
+            else:
+                x = random_start(clean, self.budget, gen)
+            self._descend(model, images, goal, gen, tracker, iterations, idx, x)
+        return tracker, {"iterations": iterations}
+
+    def _descend(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        goal: Goal,
+        gen: torch.Generator,
+        tracker: BestTracker,
+        iterations: Tensor,
+        idx: Tensor,
+        x: Tensor,
+    ) -> None:
+        """One run from start ``x`` for images ``idx``; updates tracker and counters in place."""
+        norm = self.budget.norm
+        velocity = torch.zeros_like(x) if self.momentum else None
+        for t in range(self.steps + 1):
+            clean = images[idx]
+            q = self.quantize(clean, x)
+            last = t == self.steps
+            if last:
+                with torch.no_grad():
+                    tracker.update(idx, q, self.scores(model, q))
+                break
+            grad, scores = self._gradient(model, q, goal[idx], gen)
+            succ = tracker.update(idx, q, scores)
+            iterations[idx] += 1
+            if self.early_stop and bool(succ.any()):
+                keep = ~succ
+                idx, x, grad = idx[keep], x[keep], grad[keep]
+                if velocity is not None:
+                    velocity = velocity[keep]
+                if idx.numel() == 0:
+                    break
+                clean = images[idx]
+            if self.translation is not None:
+                grad = self.translation(grad)
+            if velocity is not None:
+                l1 = grad.abs().reshape(grad.shape[0], -1).mean(dim=1).clamp_min(1e-12)
+                velocity = self.momentum * velocity + grad / _per_image(l1, grad)
+                grad = velocity
+            x = project(clean, x + self._alpha(t) * steepest_step(grad, norm), self.budget)
+
+    def _gradient(
+        self, model: nn.Module, q: Tensor, goal: Goal, gen: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Loss gradient at the quantised images and the scores *of those images*."""
+        with torch.enable_grad():
+            q = q.detach().requires_grad_(True)
+            inp = self.diversity(q, gen) if self.diversity is not None else q
+            scores = self.scores(model, inp)
+            goal.check(scores)
+            loss = attack_loss(
+                scores.float(), goal, self.loss, temperature=self.temperature, kappa=self.kappa
+            ).sum()
+            (grad,) = torch.autograd.grad(loss, q)
+        if self.diversity is not None:
+            with torch.no_grad():
+                scores = self.scores(model, q.detach())
+        return grad.detach(), scores.detach()

@@ -1,0 +1,120 @@
+"""Attack names -> classes, so experiment configs can say ``name: pgd`` plus hyper-parameters.
+
+Unknown names and unknown or ill-typed hyper-parameters raise :class:`ConfigError` naming the
+accepted ones, instead of a TypeError deep inside a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from advface.attacks.base import Attack, Budget, Norm
+from advface.attacks.bim import BIM
+from advface.attacks.cw import CarliniWagnerL2
+from advface.attacks.deepfool import DeepFool
+from advface.attacks.fgsm import FGSM
+from advface.attacks.mifgsm import MIFGSM
+from advface.attacks.pgd import PGD
+from advface.attacks.square import Square
+from advface.attacks.sweep import AttackFactory
+from advface.attacks.universal import UniversalPerturbation
+from advface.errors import ConfigError
+
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM,
+    "bim": BIM,
+    "pgd": PGD,
+    "mifgsm": MIFGSM,
+    "cw": CarliniWagnerL2,
+    "deepfool": DeepFool,
+    "square": Square,
+    "universal": UniversalPerturbation,
+}
+
+
+def available() -> list[str]:
+    """Registered attack names, sorted."""
+    return sorted(ATTACKS)
+
+
+def attack_class(name: str) -> type[Attack]:
+    try:
+        return ATTACKS[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown attack {name!r}", fix=f"use one of: {', '.join(available())}"
+        ) from None
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """Keyword hyper-parameters of an attack and their defaults (``inspect.Parameter.empty``
+    when required)."""
+    sig = inspect.signature(attack_class(name).__init__)
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def create(name: str, budget: Budget, **hyper: Any) -> Attack:
+    """Build attack ``name`` for ``budget`` with the given hyper-parameters."""
+    cls = attack_class(name)
+    known = hyperparameters(name)
+    unknown = sorted(set(hyper) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"attack {name!r} has no hyper-parameter(s) {', '.join(unknown)}",
+            fix=f"accepted: {', '.join(sorted(known)) or '(none)'}",
+        )
+    try:
+        return cls(budget, **hyper)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"bad hyper-parameters for attack {name!r}: {err}",
+            fix="check the types and values in the attack's config",
+        ) from err
+
+
+def factory(name: str, **hyper: Any) -> AttackFactory:
+    """A ``Budget -> Attack`` builder for sweeps (hyper-parameters validated once, now)."""
+    attack_class(name)
+    unknown = sorted(set(hyper) - set(hyperparameters(name)))
+    if unknown:
+        raise ConfigError(
+            f"attack {name!r} has no hyper-parameter(s) {', '.join(unknown)}",
+            fix=f"accepted: {', '.join(sorted(hyperparameters(name)))}",
+        )
+
+    def build(budget: Budget) -> Attack:
+        return create(name, budget, **hyper)
+
+    return build
+
+
+def from_config(config: Mapping[str, Any]) -> Attack:
+    """Build from a mapping like ``{"name": "pgd", "norm": "linf", "eps255": 8, "steps": 20}``.
+
+    ``eps255`` is in 8-bit units (see :meth:`Budget.from_8bit`); ``eps`` in [0, 1] units is
+    accepted instead. All other keys are hyper-parameters.
+    """
+    cfg = dict(config)
+    try:
+        name = str(cfg.pop("name"))
+        norm: Norm = cfg.pop("norm")
+    except KeyError as err:
+        raise ConfigError(
+            f"attack config is missing {err.args[0]!r}",
+            fix="give at least name, norm and eps255 (or eps)",
+        ) from None
+    if "eps255" in cfg and "eps" in cfg:
+        raise ConfigError("give eps255 or eps, not both", fix="keep one of them")
+    if "eps255" in cfg:
+        budget = Budget.from_8bit(norm, float(cfg.pop("eps255")))
+    elif "eps" in cfg:
+        budget = Budget(norm, float(cfg.pop("eps")))
+    else:
+        raise ConfigError("attack config has no eps", fix="add eps255 (8-bit units) or eps")
+    return create(name, budget, **cfg)

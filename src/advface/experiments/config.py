@@ -1,0 +1,143 @@
+"""The experiment config: what one `advface run` computes (data, models, attacks, transfer).
+
+Strict (unknown keys are errors with a suggestion), so a typo never silently drops a cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from advface.config import ConfigPath, DataConfig, StrictModel, load_yaml
+
+Goal = Literal["dodging", "impersonation"]
+Surface = Literal["probe", "gallery"]
+Norm = Literal["linf", "l2"]
+
+
+class ModelSpec(StrictModel):
+    """One classifier C: where its weights come from and how it decides an identity."""
+
+    name: str = Field(description="label used in results and the report")
+    source: Literal["dlib", "adhoc", "onnx"] = Field(description="which loader builds the model")
+    checkpoint: ConfigPath | None = Field(
+        None, description="adhoc: checkpoint dir/file; onnx: the .onnx file")
+    train_config: ConfigPath | None = Field(
+        None, description="adhoc: training config used when the checkpoint does not exist yet")
+    decision: Literal["gallery-nearest", "gallery-centroid", "softmax"] = Field(
+        "gallery-nearest", description="identity decision: nearest gallery image, identity "
+        "centroid, or the softmax head (adhoc only)")
+    input_size: int | None = Field(None, description="onnx: square input size")
+    metric: Literal["cosine", "euclidean"] | None = Field(None, description="onnx: metric")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.source == "onnx" and self.checkpoint is None:
+            raise ValueError("an onnx model needs 'checkpoint: path/to/model.onnx'")
+        if self.source == "adhoc" and self.checkpoint is None and self.train_config is None:
+            raise ValueError("an adhoc model needs 'checkpoint' or 'train_config'")
+        if self.decision == "softmax" and self.source != "adhoc":
+            raise ValueError("decision 'softmax' needs a model with a softmax head (adhoc)")
+        return self
+
+
+class AttackSpec(StrictModel):
+    """One attack swept over epsilons, goals and surfaces, on some or all models."""
+
+    name: str = Field(description="label of the attack in results (default: the attack)")
+    attack: str | None = Field(None, description="registry name (fgsm, bim, pgd, mifgsm, cw, "
+                               "deepfool, square, universal); default: name")
+    params: dict[str, Any] = Field(default_factory=dict, description="attack hyper-parameters")
+    norm: Norm = "linf"
+    eps_8bit: list[float] | None = Field(
+        None, description="budgets in 8-bit units (2 = 2/255); omit for minimum-norm attacks "
+        "(cw, deepfool)")
+    goals: list[Goal] = Field(default_factory=lambda: ["dodging"])
+    surfaces: list[Surface] = Field(default_factory=lambda: ["probe"])
+    models: list[str] | None = Field(None, description="model names; default all")
+    n_probes: int | None = Field(None, ge=1, description="fewer probes for costly attacks")
+    minimal_eps: bool = Field(False, description="also search each probe's minimal fooling eps "
+                              "over eps_8bit")
+
+    @property
+    def registry_name(self) -> str:
+        return self.attack or self.name
+
+
+class TransferSpec(StrictModel):
+    """Adversarial images crafted on a surrogate model, evaluated on a target model."""
+
+    surrogate: str
+    target: str
+    attack: str = Field(description="name of an AttackSpec whose cells are crafted on the "
+                        "surrogate; its saved images are re-used")
+
+
+class ExperimentConfig(StrictModel):
+    """A whole study. `advface run CONFIG` computes every cell once and resumes after a crash."""
+
+    name: str
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelSpec]
+    attacks: list[AttackSpec] = Field(default_factory=list)
+    transfer: list[TransferSpec] = Field(default_factory=list)
+    n_probes: int | None = Field(100, ge=1, description="probes attacked (random, seeded); "
+                                 "null = all")
+    batch_size: int = Field(32, ge=1)
+    verification: bool = Field(True, description="LFW pairs 10-fold verification per model")
+    align_upsample: int = Field(1, ge=0, le=2)
+    device: str = Field("cpu")
+    quick: dict[str, Any] | None = Field(
+        None, description="overrides applied by `advface run --quick` (same keys as the top "
+        "level; attacks may be listed by name to keep only those)")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ExperimentConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        attack_names = [a.name for a in self.attacks]
+        if len(set(attack_names)) != len(attack_names):
+            raise ValueError(f"attack names must be unique, got {attack_names}")
+        for a in self.attacks:
+            for m in a.models or []:
+                if m not in names:
+                    raise ValueError(f"attack {a.name!r} names unknown model {m!r}; "
+                                     f"models are {names}")
+        for t in self.transfer:
+            for m in (t.surrogate, t.target):
+                if m not in names:
+                    raise ValueError(f"transfer names unknown model {m!r}; models are {names}")
+            if t.attack not in attack_names:
+                raise ValueError(f"transfer names unknown attack {t.attack!r}; "
+                                 f"attacks are {attack_names}")
+        return self
+
+
+def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfig:
+    """Load an experiment config; with ``quick`` apply its ``quick:`` overrides."""
+    cfg = load_yaml(path, ExperimentConfig)
+    if not quick:
+        return cfg
+    if not cfg.quick:
+        return cfg
+    data = cfg.model_dump(mode="python", exclude={"quick"})
+    overrides = dict(cfg.quick)
+    keep = overrides.pop("attacks", None)
+    if keep is not None:
+        data["attacks"] = [a for a in data["attacks"] if a["name"] in keep]
+    attack_params = overrides.pop("attack_overrides", {}) or {}
+    for a in data["attacks"]:
+        a.update(attack_params.get(a["name"], {}))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    if keep is not None:
+        names = {a["name"] for a in data["attacks"]}
+        data["transfer"] = [t for t in data["transfer"] if t["attack"] in names]
+    return ExperimentConfig.model_validate(data)

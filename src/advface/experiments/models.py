@@ -1,0 +1,94 @@
+"""Turn a ModelSpec into a face model and an identity-score module over the run's gallery.
+
+Every decision is a score module (images -> per-identity scores, argmax = decision), so the
+attacks (ours or a peer library's) see one kind of object whatever the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from advface.errors import CheckpointError
+from advface.experiments.config import ModelSpec
+
+
+class SoftmaxScorer(nn.Module):
+    """The ad-hoc model's softmax head, columns reordered to the run's identity order."""
+
+    def __init__(self, model: nn.Module, identity_names: list[str]):
+        super().__init__()
+        self.model = model
+        names = list(getattr(model, "class_names", []) or [])
+        missing = sorted(set(identity_names) - set(names))
+        if missing:
+            raise CheckpointError(
+                f"the softmax head does not know {len(missing)} gallery identities "
+                f"(e.g. {missing[:3]})",
+                fix="train the ad-hoc model on the same split as the experiment (same "
+                "data.min_images/probe settings, distractors: false), or use decision "
+                "'gallery-nearest'",
+            )
+        index = {n: i for i, n in enumerate(names)}
+        self.register_buffer("perm", torch.tensor([index[n] for n in identity_names]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.logits(x)[:, self.perm]
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Hash of the weights and class name: keys caches, names the model in the report."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(spec: ModelSpec, *, train_fn=None) -> nn.Module:
+    """Build the face model of ``spec`` (training the ad-hoc one first if it has no checkpoint)."""
+    if spec.source == "dlib":
+        from advface.models.registry import load_face_model
+
+        model = load_face_model("dlib")
+    elif spec.source == "onnx":
+        from advface.models.onnx_loader import load_onnx_model
+
+        kwargs = {}
+        if spec.input_size is not None:
+            kwargs["input_size"] = spec.input_size
+        if spec.metric is not None:
+            kwargs["metric"] = spec.metric
+        model = load_onnx_model(spec.checkpoint, **kwargs)
+    else:
+        from advface.models.adhoc import load_adhoc
+
+        ckpt = spec.checkpoint
+        if ckpt is None or not Path(ckpt).exists():
+            if spec.train_config is None:
+                raise CheckpointError("ad-hoc checkpoint not found", path=ckpt,
+                                      fix="train it first (advface train adhoc) or give "
+                                      "'train_config' so the run trains it")
+            if train_fn is None:
+                raise CheckpointError("ad-hoc checkpoint not found and training is disabled",
+                                      path=ckpt, fix="run advface train adhoc first")
+            ckpt = train_fn(spec)
+        model = load_adhoc(ckpt)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A face model with its decision module over the run's gallery."""
+
+    spec: ModelSpec
+    model: nn.Module
+    scorer: nn.Module
+    fingerprint: str

@@ -1,0 +1,554 @@
+"""`advface run`: compute every (model, attack, eps, goal, surface) cell of a study exactly once.
+
+Finished work is durable: each batch of rows is one SQLite transaction and its adversarial PNGs
+are written before the rows that point at them, so a run killed at any instant (even SIGKILL)
+resumes where it stopped, with nothing lost or counted twice. Batches are fixed chunks of the
+full, sorted probe list and each batch's seed derives from (cell, chunk), so a resumed run gives
+the same rows as an uninterrupted one. Success is judged on the re-read PNG, i.e. on the image an
+attacker could really submit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from advface import __version__
+from advface.config import to_yaml
+from advface.data.images import load_png, save_png
+from advface.data.records import identity_of
+from advface.data.splits import ClosedSetSplit, make_closed_set_split
+from advface.errors import AdvfaceError, DataError
+from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
+from advface.experiments.models import LoadedModel, SoftmaxScorer, fingerprint, load_model
+from advface.experiments.store import ResultsStore
+from advface.metrics.identification import identification_metrics, random_baseline_for
+from advface.metrics.perturbation import perturbation_metrics
+
+ProgressFn = Callable[[str], None]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write: a crash never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _seed_for(*parts: object) -> int:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    for i in range(0, len(items), size):
+        yield i // size, list(items[i : i + size])
+
+
+def key_png(key: str) -> str:
+    """Record key -> relative PNG path (keeps the identity folder)."""
+    return str(Path(key).with_suffix(".png"))
+
+
+@dataclass
+class RunState:
+    """Everything the cells share: config, split, identities, chips, models, store."""
+
+    cfg: ExperimentConfig
+    run_dir: Path
+    store: ResultsStore
+    split: ClosedSetSplit
+    identity_names: list[str]
+    probe_keys: list[str]
+    chips: Any
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    lfw: Any = None
+
+    def label(self, key: str) -> int:
+        """Label of an image key: index of its identity in ``identity_names``."""
+        return self._index[identity_of(key)]
+
+    def identity_label(self, name: str) -> int:
+        return self._index[name]
+
+    def __post_init__(self) -> None:
+        self._index = {n: i for i, n in enumerate(self.identity_names)}
+
+
+class Runner:
+    """Runs an ExperimentConfig into a run directory (see docs/run_dir.md)."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, progress: bool = True,
+                 log: ProgressFn | None = None, train_fn: Callable[..., Path] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.train_fn = train_fn
+        self.state: RunState | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_config_matches(self) -> None:
+        """Refuse to resume a run dir made by a different config: results would mix."""
+        saved = self.run_dir / "config.yaml"
+        text = to_yaml(self.cfg)
+        if saved.is_file() and saved.read_text() != text:
+            raise AdvfaceError(
+                "this run directory was made by a different config; resuming would mix results",
+                path=saved, fix="use a new --out directory, or run with the config saved there",
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not saved.is_file():
+            tmp = saved.with_suffix(".yaml.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, saved)
+
+    def _run_json(self, **updates: Any) -> dict[str, Any]:
+        path = self.run_dir / "run.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        info.update(updates)
+        _write_json(path, info)
+        return info
+
+    def setup(self) -> RunState:
+        from advface.align.chips import build_chips
+        from advface.data.lfw import open_lfw
+
+        cfg = self.cfg
+        self._check_config_matches()
+        torch.manual_seed(cfg.seed)
+        info = self._run_json(
+            advface_version=__version__, torch_version=torch.__version__, seed=cfg.seed,
+            machine={"cpu": platform.processor() or platform.machine(),
+                     "cores": os.cpu_count(), "gpu": torch.cuda.is_available()},
+            config_hash=hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16],
+            status="running",
+        )
+        if "started_at" not in info:
+            self._run_json(started_at=_now())
+        self._t0 = time.monotonic()
+        self._wall_before = float(info.get("wall_seconds", 0.0))
+
+        lfw = open_lfw(cfg.data.resolved_data_dir(), cfg.data.resolved_cache_dir())
+        split_path = self.run_dir / "split.json"
+        split = make_closed_set_split(lfw.records, **cfg.data.split_kwargs())
+        if split_path.is_file():
+            saved = ClosedSetSplit.load(split_path)
+            if saved.hash != split.hash:
+                raise DataError("the data set changed since this run started (split differs)",
+                                path=split_path, fix="use a new --out directory")
+        else:
+            split.save(split_path)
+        identity_names = sorted({identity_of(k) for k in split.gallery})
+        probes = sorted(split.probes)
+        if cfg.n_probes is not None and cfg.n_probes < len(probes):
+            probes = sorted(random.Random(cfg.seed).sample(probes, cfg.n_probes))
+        by_key = lfw.by_key()
+        needed = sorted(set(split.gallery) | set(split.probes))
+        self.log(f"aligning {len(needed)} images (cached after the first run)")
+        chips = build_chips([by_key[k] for k in needed], cfg.data.resolved_cache_dir(),
+                            upsample=cfg.align_upsample, progress=self.progress)
+        missing = [k for k in needed if k not in chips]
+        if missing:
+            raise DataError(f"{len(missing)} images could not be aligned or read "
+                            f"(e.g. {missing[:3]})", path=lfw.image_root,
+                            fix="see the problems listed by `advface data validate`")
+        stats = split.stats()
+        self._run_json(split_hash=split.hash, identity_names=identity_names,
+                       models=[m.name for m in cfg.models], split_stats=stats,
+                       n_probes_attacked=len(probes),
+                       chip_fallbacks=int(sum(1 for k in needed
+                                              if chips.methods.get(k) == "fallback")))
+        self.state = RunState(cfg=cfg, run_dir=self.run_dir,
+                              store=ResultsStore(self.run_dir / "results.sqlite"), split=split,
+                              identity_names=identity_names, probe_keys=probes, chips=chips,
+                              lfw=lfw)
+        return self.state
+
+    def load_models(self) -> None:
+        from advface.identify.embeddings import embed
+        from advface.identify.gallery import Gallery, GalleryScorer
+
+        st = self._require_state()
+        gallery_keys = sorted(st.split.gallery)
+        labels = torch.tensor([st.label(k) for k in gallery_keys])
+        for spec in self.cfg.models:
+            train_fn = None
+            if self.train_fn is not None:
+                train_fn = lambda s, f=self.train_fn: f(s, self.cfg.data)  # noqa: E731
+            model = load_model(spec, train_fn=train_fn).to(self.cfg.device)
+            fp = fingerprint(model)
+            if spec.decision == "softmax":
+                scorer = SoftmaxScorer(model, st.identity_names)
+            else:
+                emb = embed(model, st.chips, gallery_keys, batch_size=self.cfg.batch_size,
+                            cache_dir=self.cfg.data.resolved_cache_dir(),
+                            progress=self.progress)
+                gallery = Gallery(emb, labels, st.identity_names, model.metric)
+                mode = "centroid" if spec.decision == "gallery-centroid" else "nearest"
+                scorer = GalleryScorer(model, gallery, mode=mode)
+            scorer.eval()
+            st.models[spec.name] = LoadedModel(spec=spec, model=model, scorer=scorer,
+                                               fingerprint=fp)
+            self._write_model_json(spec, model, fp)
+
+    def _write_model_json(self, spec: ModelSpec, model: torch.nn.Module, fp: str) -> None:
+        history = None
+        hist_path = getattr(model, "history_path", None)
+        if spec.checkpoint is not None:
+            ckpt = Path(spec.checkpoint)
+            for cand in (ckpt / "history.json", ckpt.parent / "history.json"):
+                if cand.is_file():
+                    hist_path = cand
+                    break
+        if hist_path is not None and Path(hist_path).is_file():
+            history = json.loads(Path(hist_path).read_text())
+            if isinstance(history, dict) and "epochs" in history:
+                history = history["epochs"]
+        _write_json(self.run_dir / "models" / f"{spec.name}.json", {
+            "name": spec.name, "kind": {"dlib": "pretrained"}.get(spec.source, spec.source),
+            "description": (type(model).__doc__ or "").strip().splitlines()[0]
+            if type(model).__doc__ else type(model).__name__,
+            "fingerprint": fp, "input_size": int(getattr(model, "input_size", 0)),
+            "embedding_dim": int(getattr(model, "embedding_dim", 0)),
+            "metric": getattr(model, "metric", None),
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "decision": spec.decision, "training_history": history,
+        })
+
+    def _require_state(self) -> RunState:
+        if self.state is None:
+            raise RuntimeError("call setup() first")
+        return self.state
+
+    # ------------------------------------------------------------------ helpers
+
+    def _images(self, keys: Sequence[str]) -> Tensor:
+        return self._require_state().chips.load(list(keys)).to(self.cfg.device)
+
+    @torch.no_grad()
+    def _scores(self, scorer: torch.nn.Module, keys: Sequence[str]) -> Tensor:
+        out = []
+        for _, chunk in _chunks(list(keys), self.cfg.batch_size):
+            out.append(scorer(self._images(chunk)).float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def _target_for(self, key: str) -> int:
+        """Impersonation target: a fixed, seeded choice among the other enrolled identities."""
+        st = self._require_state()
+        enrolled = [st.identity_label(n) for n in st.split.identities]
+        true = st.label(key)
+        choices = [c for c in enrolled if c != true]
+        return random.Random(_seed_for(self.cfg.seed, "target", key)).choice(choices)
+
+    # ------------------------------------------------------------------ clean evaluation
+
+    def clean_eval(self) -> None:
+        st = self._require_state()
+        probes = sorted(st.split.probes)
+        labels = np.array([st.label(k) for k in probes])
+        for name, lm in st.models.items():
+            path = self.run_dir / "clean" / f"{name}.json"
+            if path.is_file():
+                continue
+            self.log(f"clean identification: {name} on {len(probes)} probes")
+            scores = self._scores(lm.scorer, probes).numpy()
+            real = identification_metrics(scores, labels)
+            rand = random_baseline_for(scores, labels, seed=self.cfg.seed)
+            _write_json(path, {
+                "n_probes": len(probes), "n_identities": len(st.identity_names),
+                "n_gallery": len(st.split.gallery),
+                "rank_k": {str(k): v for k, v in real["rank_k"].items()},
+                "random_rank_k": {str(k): v for k, v in rand["rank_k"].items()},
+                "cmc": real["cmc"], "random_cmc": rand.get("cmc"),
+                "classification": real["classification"],
+                "random_classification": rand["classification"],
+            })
+
+    def verification(self) -> None:
+        from advface.align.chips import build_chips
+        from advface.identify.embeddings import embed
+        from advface.identify.verification import verify_lfw_pairs
+
+        st = self._require_state()
+        if not self.cfg.verification:
+            return
+        try:
+            pairs = st.lfw.pairs()
+        except AdvfaceError as err:
+            self.log(f"verification skipped: {err}")
+            return
+        keys = sorted({p.key_a for p in pairs} | {p.key_b for p in pairs})
+        by_key = st.lfw.by_key()
+        chips = build_chips([by_key[k] for k in keys], self.cfg.data.resolved_cache_dir(),
+                            upsample=self.cfg.align_upsample, progress=self.progress)
+        for name, lm in st.models.items():
+            path = self.run_dir / "verification" / f"{name}.json"
+            if path.is_file():
+                continue
+            self.log(f"LFW pairs verification (10-fold): {name}")
+            emb = embed(lm.model, chips, keys, batch_size=self.cfg.batch_size,
+                        cache_dir=self.cfg.data.resolved_cache_dir(), progress=self.progress)
+            by = {k: emb[i] for i, k in enumerate(keys)}
+            res = verify_lfw_pairs(by, pairs, lm.model.metric)
+            _write_json(path, res)
+
+    # ------------------------------------------------------------------ attack cells
+
+    def _save_clean(self, keys: Sequence[str], images: Tensor) -> None:
+        root = self.run_dir / "images" / "clean"
+        for k, img in zip(keys, images, strict=True):
+            p = root / key_png(k)
+            if not p.is_file():
+                save_png(p, img.cpu())
+
+    def _evaluate_adv(self, cid: str, lm: LoadedModel, keys: list[str], clean: Tensor,
+                      adv: Tensor, goal_name: str, targets: list[int] | None,
+                      extra_cols: dict[str, Sequence[Any]] | None = None,
+                      save: bool = True) -> list[dict[str, Any]]:
+        """Save adv PNGs, re-read them, judge success on what was saved, build rows."""
+        st = self._require_state()
+        rel_paths = []
+        reread = []
+        for k, img in zip(keys, adv, strict=True):
+            rel = Path("images") / "adv" / cid / key_png(k)
+            if save:
+                save_png(self.run_dir / rel, img.cpu())
+            reread.append(load_png(self.run_dir / rel))
+            rel_paths.append(str(rel))
+        x_adv = torch.stack(reread).to(clean.device)
+        with torch.no_grad():
+            s_clean = lm.scorer(clean).float()
+            s_adv = lm.scorer(x_adv).float()
+        clean_pred = s_clean.argmax(1).cpu()
+        adv_pred = s_adv.argmax(1).cpu()
+        true = torch.tensor([st.label(k) for k in keys])
+        if goal_name == "impersonation":
+            assert targets is not None
+            success = adv_pred == torch.tensor(targets)
+        else:
+            success = adv_pred != true
+        pm = perturbation_metrics(clean.cpu(), x_adv.cpu())
+        rows = []
+        for i, k in enumerate(keys):
+            row = {
+                "item_key": k, "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[i]),
+                "true_label": int(true[i]),
+                "target_label": None if targets is None else int(targets[i]),
+                "success": bool(success[i]), "linf": float(pm["linf_8bit"][i]),
+                "l2": float(pm["l2_8bit"][i]), "l0": float(pm["l0"][i]),
+                "ssim": float(pm["ssim"][i]), "psnr": float(pm["psnr"][i]),
+                "adv_path": rel_paths[i],
+            }
+            for col, vals in (extra_cols or {}).items():
+                v = vals[i]
+                row[col] = None if v is None else (float(v) if col == "min_eps" else int(v))
+            rows.append(row)
+        return rows
+
+    def _attack_obj(self, spec: AttackSpec, eps255: float | None):
+        from advface.attacks.base import Budget
+        from advface.attacks.registry import get_attack
+
+        cls = get_attack(spec.registry_name)
+        budget = Budget(spec.norm, math.inf) if eps255 is None else Budget.from_8bit(
+            spec.norm, eps255)
+        return cls(budget, **spec.params)
+
+    def _goal_obj(self, goal_name: str, keys: list[str]):
+        from advface.attacks.base import Dodging, Impersonation
+
+        st = self._require_state()
+        if goal_name == "impersonation":
+            targets = [self._target_for(k) for k in keys]
+            return Impersonation(torch.tensor(targets, device=self.cfg.device)), targets
+        labels = torch.tensor([st.label(k) for k in keys], device=self.cfg.device)
+        return Dodging(labels), None
+
+    def _probe_keys_for(self, spec: AttackSpec) -> list[str]:
+        st = self._require_state()
+        keys = st.probe_keys
+        if spec.n_probes is not None and spec.n_probes < len(keys):
+            keys = sorted(random.Random(_seed_for(self.cfg.seed, spec.name)).sample(
+                keys, spec.n_probes))
+        return keys
+
+    def _cells(self) -> list[tuple[AttackSpec, str, float | None, str, str]]:
+        cells = []
+        for spec in self.cfg.attacks:
+            epss: list[float | None] = list(spec.eps_8bit) if spec.eps_8bit else [None]
+            for model in spec.models or [m.name for m in self.cfg.models]:
+                for surface in spec.surfaces:
+                    for goal in spec.goals:
+                        for eps in epss:
+                            cells.append((spec, model, eps, goal, surface))
+        return cells
+
+    def run_attacks(self) -> None:
+        st = self._require_state()
+        cells = self._cells()
+        for n, (spec, model_name, eps255, goal, surface) in enumerate(cells, 1):
+            lm = st.models[model_name]
+            eps = None if eps255 is None else eps255 / 255.0
+            cid = st.store.add_cell(model_name, spec.name,
+                                    {"attack": spec.registry_name, **spec.params}, eps,
+                                    spec.norm, goal, surface)
+            if st.store.is_done(cid):
+                continue
+            label = (f"[{n}/{len(cells)}] {spec.name} {model_name} {goal} {surface} "
+                     f"eps={'min-norm' if eps255 is None else f'{eps255:g}/255'}")
+            if surface == "probe":
+                self._run_probe_cell(cid, spec, lm, eps255, goal, label)
+            else:
+                self._run_gallery_cell(cid, spec, lm, eps255, goal, label)
+            st.store.mark_done(cid)
+            if spec.minimal_eps and surface == "probe" and eps255 == max(spec.eps_8bit or [0]):
+                self._run_mineps_cell(spec, lm, goal)
+
+    def _run_probe_cell(self, cid: str, spec: AttackSpec, lm: LoadedModel,
+                        eps255: float | None, goal: str, label: str) -> None:
+        st = self._require_state()
+        keys = self._probe_keys_for(spec)
+        done = st.store.done_items(cid)
+        attack = self._attack_obj(spec, eps255)
+        chunks = list(_chunks(keys, self.cfg.batch_size))
+        todo = [(i, c) for i, c in chunks if not set(c) <= done]
+        bar = tqdm(todo, desc=label, disable=not self.progress, unit="batch")
+        for i, chunk in bar:
+            clean = self._images(chunk)
+            self._save_clean(chunk, clean)
+            goal_obj, targets = self._goal_obj(goal, chunk)
+            res = attack.run(lm.scorer, clean, goal_obj, seed=_seed_for(cid, i))
+            extra: dict[str, Sequence[Any]] = {}
+            if res.iterations is not None:
+                extra["iterations"] = res.iterations.tolist()
+            if res.queries is not None:
+                extra["queries"] = res.queries.tolist()
+            rows = self._evaluate_adv(cid, lm, chunk, clean, res.adv, goal, targets, extra)
+            st.store.put_rows(cid, rows)
+
+    def _run_mineps_cell(self, spec: AttackSpec, lm: LoadedModel, goal: str) -> None:
+        from advface.attacks.sweep import minimal_eps
+
+        st = self._require_state()
+        grid = sorted(spec.eps_8bit or [])
+        cid = st.store.add_cell(lm.spec.name, f"{spec.name}-mineps",
+                                {"attack": spec.registry_name, "grid_8bit": grid,
+                                 **spec.params}, None, spec.norm, goal, "probe")
+        if st.store.is_done(cid):
+            return
+        keys = self._probe_keys_for(spec)
+        done = st.store.done_items(cid)
+        todo = [(i, c) for i, c in _chunks(keys, self.cfg.batch_size) if not set(c) <= done]
+        for i, chunk in tqdm(todo, desc=f"{spec.name}-mineps {lm.spec.name} {goal}",
+                             disable=not self.progress, unit="batch"):
+            clean = self._images(chunk)
+            goal_obj, targets = self._goal_obj(goal, chunk)
+            factory = lambda budget: self._attack_obj(spec, budget.eps * 255.0)  # noqa: E731
+            res = minimal_eps(factory, lm.scorer, clean, goal_obj,
+                              [g / 255.0 for g in grid], norm=spec.norm,
+                              seed=_seed_for(cid, i))
+            mins = [None if not math.isfinite(float(v)) else float(v) * 255.0
+                    for v in res.min_eps]
+            rows = self._evaluate_adv(cid, lm, chunk, clean, res.adv, goal, targets,
+                                      {"min_eps": [math.inf if m is None else m
+                                                   for m in mins]})
+            st.store.put_rows(cid, rows)
+        st.store.mark_done(cid)
+
+    def _run_gallery_cell(self, cid: str, spec: AttackSpec, lm: LoadedModel,
+                          eps255: float | None, goal: str, label: str) -> None:
+        from advface.experiments.poisoning import run_gallery_cell
+
+        run_gallery_cell(self, cid, spec, lm, eps255, goal, label)
+
+    # ------------------------------------------------------------------ transfer
+
+    def run_transfer(self) -> None:
+        st = self._require_state()
+        specs = {a.name: a for a in self.cfg.attacks}
+        for t in self.cfg.transfer:
+            spec = specs[t.attack]
+            src, dst = st.models[t.surrogate], st.models[t.target]
+            epss: list[float | None] = list(spec.eps_8bit) if spec.eps_8bit else [None]
+            for goal in spec.goals:
+                for eps255 in epss:
+                    eps = None if eps255 is None else eps255 / 255.0
+                    src_cid = st.store.add_cell(t.surrogate, spec.name,
+                                                {"attack": spec.registry_name, **spec.params},
+                                                eps, spec.norm, goal, "probe")
+                    if not st.store.is_done(src_cid):
+                        self._run_probe_cell(src_cid, spec, src, eps255, goal,
+                                             f"{spec.name} on surrogate {t.surrogate}")
+                        st.store.mark_done(src_cid)
+                    params = {"surrogate": t.surrogate, "base_attack": spec.name,
+                              "source_cell": src_cid, **spec.params}
+                    cid = st.store.add_cell(t.target, "transfer", params, eps, spec.norm, goal,
+                                            "probe")
+                    if st.store.is_done(cid):
+                        continue
+                    rows = {r["item_key"]: r for r in st.store.rows(src_cid)}
+                    keys = sorted(rows)
+                    for _, chunk in _chunks(keys, self.cfg.batch_size):
+                        clean = self._images(chunk)
+                        adv = torch.stack([load_png(self.run_dir / rows[k]["adv_path"])
+                                           for k in chunk])
+                        targets = ([rows[k]["target_label"] for k in chunk]
+                                   if goal == "impersonation" else None)
+                        out = self._evaluate_adv(src_cid, dst, chunk, clean, adv, goal,
+                                                 targets, save=False)
+                        st.store.put_rows(cid, out)
+                    st.store.mark_done(cid)
+
+    # ------------------------------------------------------------------ all
+
+    def run(self) -> Path:
+        self.setup()
+        self.load_models()
+        self.clean_eval()
+        self.verification()
+        self.run_attacks()
+        self.run_transfer()
+        st = self._require_state()
+        wall = self._wall_before + (time.monotonic() - self._t0)
+        self._run_json(status="done", finished_at=_now(), wall_seconds=round(wall, 1),
+                       missing_cells=[c["cell_id"] for c in st.store.cells()
+                                      if c["status"] != "done"])
+        st.store.close()
+        return self.run_dir
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, **kwargs: Any) -> Path:
+    """Run (or resume) a study into ``run_dir``; returns the run dir."""
+    return Runner(cfg, run_dir, **kwargs).run()

@@ -1,0 +1,109 @@
+"""Plain-text summary tables of a run directory (what `advface results` prints).
+
+Every identification number is printed beside its random baseline, and every success rate with
+its Wilson 95% interval, so no number is read without its scale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from advface.experiments.store import ResultsStore
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (readable in a terminal, pastes into notes and issues)."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+            for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def clean_table(run_dir: Path) -> str:
+    rows = []
+    for path in sorted((run_dir / "clean").glob("*.json")):
+        c = json.loads(path.read_text())
+        rk, rr = c["rank_k"], c["random_rank_k"]
+        cl, rc = c["classification"], c["random_classification"]
+        rows.append([path.stem, c["n_probes"], c["n_identities"],
+                     f"{rk['1']:.3f} ({rr['1']:.3f})", f"{rk['5']:.3f} ({rr['5']:.3f})",
+                     f"{rk['10']:.3f} ({rr['10']:.3f})", f"{rk['20']:.3f} ({rr['20']:.3f})",
+                     f"{cl['macro_precision']:.3f} ({rc['macro_precision']:.3f})",
+                     f"{cl['macro_recall']:.3f} ({rc['macro_recall']:.3f})",
+                     f"{cl['weighted_precision']:.3f} ({rc['weighted_precision']:.3f})",
+                     f"{cl['weighted_recall']:.3f} ({rc['weighted_recall']:.3f})"])
+    if not rows:
+        return "(no clean evaluation yet)"
+    return table(["model", "probes", "ids", "rank-1 (rand)", "rank-5", "rank-10", "rank-20",
+                  "macro P", "macro R", "weighted P", "weighted R"], rows)
+
+
+def verification_table(run_dir: Path) -> str:
+    rows = []
+    for path in sorted((run_dir / "verification").glob("*.json")):
+        v = json.loads(path.read_text())
+        tar = v.get("tar_at_far", {})
+        rows.append([path.stem, f"{v['mean_accuracy']:.4f} ± {v['std_accuracy']:.4f}",
+                     v.get("auc"), v.get("eer"), tar.get("0.001"), tar.get("0.01"), 0.5])
+    if not rows:
+        return "(no verification results)"
+    return table(["model", "10-fold acc", "AUC", "EER", "TAR@FAR1e-3", "TAR@FAR1e-2",
+                  "random acc"], rows)
+
+
+def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
+    rows = []
+    for s in store.summary():
+        data = store.rows(s["cell_id"])
+        clean_ok = [r for r in data if r["clean_pred"] == r["true_label"]]
+        robust = (sum(1 for r in data if r["adv_pred"] == r["true_label"]) / len(data)
+                  if data else None)
+        clean_acc = len(clean_ok) / len(data) if data else None
+        eps = s["eps"]
+        sr = s["success_rate"]
+        ci = (f"{sr:.3f} [{s['success_ci_low']:.2f},{s['success_ci_high']:.2f}]"
+              if sr is not None else "-")
+        rows.append([s["model"], s["attack"], s["goal"], s["surface"], s["norm"],
+                     "-" if eps is None else f"{eps * 255:g}", s["n"], s["status"], clean_acc,
+                     robust, None if not n_ids else 1.0 / n_ids, ci, s.get("median_linf"),
+                     s.get("median_l2"), s.get("mean_ssim"), s.get("mean_psnr")])
+    return rows
+
+
+def format_summary(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    n_ids = len(info.get("identity_names", [])) or None
+    parts = [f"# run {run_dir} (status: {info.get('status', '?')}, "
+             f"wall {info.get('wall_seconds', '?')} s)"]
+    stats = info.get("split_stats")
+    if stats:
+        parts.append("split: " + ", ".join(f"{k}={v}" for k, v in stats.items()
+                                           if not isinstance(v, dict)))
+    parts += ["", "## Clean closed-set identification (random baseline in brackets)",
+              clean_table(run_dir), "", "## LFW pairs verification", verification_table(run_dir)]
+    db = run_dir / "results.sqlite"
+    if db.is_file():
+        with ResultsStore(db) as store:
+            rows = attack_rows(store, n_ids)
+        parts += ["", "## Attack cells (norms in 8-bit units; robust acc beside random 1/C)",
+                  table(["model", "attack", "goal", "surface", "norm", "eps", "n", "status",
+                         "clean acc", "robust acc", "random", "success [95% CI]",
+                         "med Linf", "med L2", "SSIM", "PSNR"], rows)
+                  if rows else "(no attack cells)"]
+    return "\n".join(parts)

@@ -1,0 +1,57 @@
+"""Build the whole report of a run: figures/*.png, report.html and report.ipynb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from advface.report.figures import all_figures, png_bytes
+from advface.report.html import write_html
+from advface.report.load import Missing, RunData, load_run
+from advface.report.notebook import write_notebook
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where the report went, and what it had to leave out (so the CLI can say so)."""
+
+    out_dir: Path
+    html: Path
+    notebook: Path | None
+    figures: dict[str, Path]
+    undrawn: list[str] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
+                 notebook: bool = True, run: RunData | None = None) -> ReportPaths:
+    """Write RUN_DIR/report/ (or `out_dir`): figures, self-contained HTML, executed notebook.
+
+    Figures are rendered once: the same PNG bytes go to figures/ and into the HTML. Stale
+    figure files from an earlier build whose data has since gone are removed, so figures/
+    never shows a plot the report no longer contains.
+    """
+    run_dir = Path(run_dir)
+    run = run if run is not None else load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    pngs: dict[str, bytes | None] = {}
+    paths: dict[str, Path] = {}
+    for name, fig in all_figures(run).items():
+        if fig is None:
+            pngs[name] = None
+            continue
+        data = png_bytes(fig)
+        pngs[name] = data
+        paths[name] = fig_dir / f"{name}.png"
+        paths[name].write_bytes(data)
+    for stale in fig_dir.glob("*.png"):
+        if stale.stem not in paths:
+            stale.unlink()
+    html = write_html(run, out / "report.html", figures=pngs)
+    nb_path = write_notebook(run_dir, out / "report.ipynb", execute=True, run=run) \
+        if notebook else None
+    return ReportPaths(out_dir=out, html=html, notebook=nb_path, figures=paths,
+                       undrawn=[k for k, v in pngs.items() if v is None],
+                       missing=list(run.missing))

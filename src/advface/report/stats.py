@@ -1,0 +1,224 @@
+"""Numbers the report derives from the results store, computed once and in one place.
+
+Figures, tables and texts all take their numbers from here so that a figure and the sentence
+describing it can never disagree. Everything is a plain function of `RunData`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from advface.metrics.attack import wilson_interval
+from advface.report.load import Cell, Row, RunData, finite
+
+RANKS = (1, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """Aggregates of one cell's rows. Rates are fractions in [0, 1]; None when undefined."""
+
+    cell: Cell
+    n: int
+    clean_acc: float | None  # rank-1 on the attacked items before the attack
+    robust_acc: float | None  # rank-1 on the adversarial images (adv_pred == true_label)
+    asr: float | None  # attack success rate (the store's `success`, judged on the PNG)
+    n_success: int
+    ssim: float | None  # mean over items with a finite value
+    psnr: float | None  # mean over items with a finite value (identical images have inf)
+    linf: float | None  # mean, 8-bit units
+    l2: float | None  # mean, 8-bit units
+    queries: float | None  # median
+    iterations: float | None  # mean
+    fooled: float | None  # mineps: fraction with a finite minimal epsilon
+    min_eps255_median: float | None  # mineps: median over fooled items, 8-bit units
+
+    @property
+    def asr_ci(self) -> tuple[float, float] | None:
+        """Wilson 95% interval of the success rate: cells are small, so say how unsure."""
+        if self.asr is None or self.n == 0:
+            return None
+        return wilson_interval(self.n_success, self.n)
+
+
+def _mean_bool(values: Iterable[bool | None]) -> tuple[float | None, int, int]:
+    vals = [bool(v) for v in values if v is not None]
+    if not vals:
+        return None, 0, 0
+    return sum(vals) / len(vals), sum(vals), len(vals)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = finite(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize_cell(cell: Cell, rows: list[Row]) -> CellSummary:
+    """Aggregate one cell; labels missing from a row exclude that row from accuracy only."""
+    clean_acc, _, _ = _mean_bool(
+        None if r.clean_pred is None or r.true_label is None else r.clean_pred == r.true_label
+        for r in rows)
+    robust_acc, _, _ = _mean_bool(
+        None if r.adv_pred is None or r.true_label is None else r.adv_pred == r.true_label
+        for r in rows)
+    asr, n_success, _ = _mean_bool(r.success for r in rows)
+    queries = finite([r.queries for r in rows])
+    fooled = median = None
+    if cell.is_mineps and rows:
+        eps = [r.min_eps for r in rows]
+        fin = finite(eps)
+        fooled = len(fin) / len(rows)
+        median = statistics.median(fin) if fin else None  # min_eps is stored in 8-bit units
+    return CellSummary(
+        cell=cell, n=len(rows), clean_acc=clean_acc, robust_acc=robust_acc, asr=asr,
+        n_success=n_success, ssim=_mean([r.ssim for r in rows]),
+        psnr=_mean([r.psnr for r in rows]), linf=_mean([r.linf for r in rows]),
+        l2=_mean([r.l2 for r in rows]),
+        queries=statistics.median(queries) if queries else None,
+        iterations=_mean([r.iterations for r in rows]), fooled=fooled,
+        min_eps255_median=median,
+    )
+
+
+def summaries(run: RunData) -> list[CellSummary]:
+    """One summary per cell that has rows (cells without rows are 'missing', not zero)."""
+    out = []
+    for cell in run.cells:
+        rows = run.rows.get(cell.cell_id, [])
+        if rows:
+            out.append(summarize_cell(cell, rows))
+    return out
+
+
+# ---- baselines ------------------------------------------------------------------------------
+def random_rank(run: RunData, model: str, k: int = 1) -> float | None:
+    """Chance rank-k of a model: clean/<model>.json's random_rank_k, else min(k, C)/C."""
+    clean = run.clean.get(model, {})
+    value = (clean.get("random_rank_k") or {}).get(str(k))
+    if value is not None:
+        return float(value)
+    n = clean.get("n_identities") or run.n_identities
+    return min(k, int(n)) / int(n) if n else None
+
+
+def random_hit(run: RunData) -> float | None:
+    """Chance that a random guess names one given identity (the impersonation baseline)."""
+    n = run.n_identities
+    return 1.0 / n if n else None
+
+
+def baseline_for(run: RunData, s: CellSummary) -> float | None:
+    """Chance level of a cell's success rate: 1/C for impersonation, 1 - 1/C for dodging."""
+    hit = random_hit(run)
+    if hit is None:
+        return None
+    return hit if s.cell.goal == "impersonation" else 1.0 - hit
+
+
+def clean_rank(run: RunData, model: str, k: int = 1) -> float | None:
+    value = (run.clean.get(model, {}).get("rank_k") or {}).get(str(k))
+    return None if value is None else float(value)
+
+
+# ---- selections ------------------------------------------------------------------------------
+def whitebox(sums: list[CellSummary]) -> list[CellSummary]:
+    """Attacks with a budget run directly on the attacked model (no transfer, no mineps)."""
+    return [s for s in sums if not s.cell.is_transfer and not s.cell.is_mineps
+            and s.cell.eps is not None]
+
+
+def eps_curve(sums: list[CellSummary], model: str, attack: str, norm: str, goal: str,
+              surface: str = "probe") -> list[CellSummary]:
+    """The cells of one (model, attack, norm, goal, surface) series, by increasing eps."""
+    sel = [s for s in whitebox(sums) if s.cell.model == model and s.cell.attack == attack
+           and s.cell.norm == norm and s.cell.goal == goal and s.cell.surface == surface]
+    return sorted(sel, key=lambda s: s.cell.eps or 0.0)
+
+
+def series_keys(sums: list[CellSummary]) -> list[tuple[str, str, str, str, str]]:
+    """Distinct (model, attack, norm, goal, surface) series among the white-box cells."""
+    seen: list[tuple[str, str, str, str, str]] = []
+    for s in whitebox(sums):
+        key = (s.cell.model, s.cell.attack, s.cell.norm, s.cell.goal, s.cell.surface)
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def half_clean_eps(curve: list[CellSummary]) -> CellSummary | None:
+    """First cell of a curve whose robust accuracy is at most half its clean accuracy."""
+    for s in curve:
+        if s.robust_acc is not None and s.clean_acc and s.robust_acc <= s.clean_acc / 2:
+            return s
+    return None
+
+
+@dataclass(frozen=True)
+class TransferMatrix:
+    """Success rate of images crafted on a surrogate (rows) against a target (columns)."""
+
+    base_attack: str
+    norm: str
+    eps: float | None
+    goal: str
+    models: list[str]
+    rate: dict[tuple[str, str], CellSummary]  # (surrogate, target) -> summary; diag = white-box
+
+    @property
+    def n_transfer(self) -> int:
+        return sum(1 for (a, b) in self.rate if a != b)
+
+
+def transfer_matrices(run: RunData, sums: list[CellSummary]) -> list[TransferMatrix]:
+    """One matrix per (base attack, norm, eps, goal) that has transfer cells.
+
+    The diagonal holds the white-box cell of the same attack and budget when it exists, so the
+    drop from white-box to transfer success can be read off one picture.
+    """
+    groups: dict[tuple[str, str, float | None, str], dict[tuple[str, str], CellSummary]] = {}
+    for s in sums:
+        c = s.cell
+        if c.is_transfer and c.surrogate is not None and c.surface == "probe":
+            key = (c.base_attack, c.norm, c.eps, c.goal)
+            groups.setdefault(key, {})[(c.surrogate, c.model)] = s
+    out = []
+    for (attack, norm, eps, goal), rate in groups.items():
+        models = [m for m in run.model_names if any(m in pair for pair in rate)]
+        for m in models:
+            for s in whitebox(sums):
+                c = s.cell
+                if (c.model == m and c.attack == attack and c.norm == norm and c.goal == goal
+                        and c.surface == "probe" and c.eps is not None and eps is not None
+                        and math.isclose(c.eps, eps, rel_tol=1e-6)):
+                    rate[(m, m)] = s
+        out.append(TransferMatrix(attack, norm, eps, goal, models, rate))
+    return sorted(out, key=lambda t: (t.goal, t.base_attack, t.norm, t.eps or 0.0))
+
+
+def mineps_summaries(sums: list[CellSummary]) -> list[CellSummary]:
+    return [s for s in sums if s.cell.is_mineps]
+
+
+def other_summaries(sums: list[CellSummary]) -> list[CellSummary]:
+    """Cells that are neither budgeted white-box, transfer nor mineps (C&W, DeepFool, ...)."""
+    return [s for s in sums if not s.cell.is_transfer and not s.cell.is_mineps
+            and s.cell.eps is None]
+
+
+def same_budget_pairs(sums: list[CellSummary], a: str, b: str
+                      ) -> list[tuple[CellSummary, CellSummary]]:
+    """White-box cells of models a and b with equal attack, norm, eps, goal and surface."""
+    index = {(s.cell.attack, s.cell.norm, round((s.cell.eps or 0) * 255, 6), s.cell.goal,
+              s.cell.surface): s for s in whitebox(sums) if s.cell.model == b}
+    pairs = []
+    for s in whitebox(sums):
+        if s.cell.model != a:
+            continue
+        key = (s.cell.attack, s.cell.norm, round((s.cell.eps or 0) * 255, 6), s.cell.goal,
+               s.cell.surface)
+        if key in index:
+            pairs.append((s, index[key]))
+    return pairs
