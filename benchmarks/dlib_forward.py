@@ -9,6 +9,7 @@ experiment can afford. Prints a Markdown table of ms/image (median over repeats)
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -86,7 +87,11 @@ def main() -> None:
         for label, model, channels_last in variants:
             rows.append(torch_row(model, label, batch, args.repeats, channels_last))
         rows.append(dlib_row(batch, args.repeats))
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}, "
+        f"load average at the end {load} (other processes inflate the numbers)\n"
+    )
     print("\n".join(rows))
 
 

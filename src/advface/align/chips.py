@@ -6,18 +6,21 @@ computed once per set of alignment parameters (the *chipset*) and shared:
 ``cache_dir/chips/<chipset_id>/``
     ``params.json``     the :class:`AlignParams` the chips were made with
     ``index.jsonl``     one JSON line per finished chip, appended and flushed as chips finish
-    ``problems.jsonl``  source images that could not be read in the last build (with the fix)
+    ``problems.jsonl``  source images that could not be read (with the fix); a build re-judges
+                        the records it is given and keeps the others' entries
     ``<key>.png``       the chip of record ``key`` (its suffix replaced by ``.png``)
 
 A chip file is written atomically *before* its index line, so an index line always points at a
 complete PNG; killing a build loses at most the chips in flight, and a rerun skips every key
-already in the index. The chipset id hashes the alignment parameters and version, so changing
-either starts a separate cache instead of mixing chips. Sources are not re-hashed on resume: the
-index records each source's sha256 for audits.
+already in the index. Concurrent builders of one chipset take turns (a file lock). The chipset
+id hashes the alignment parameters and version, so changing either starts a separate cache
+instead of mixing chips. Sources are not re-hashed on resume: the index records each source's
+sha256 for audits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -205,11 +208,17 @@ def _read_problems(root: Path) -> list[ChipProblem]:
 
 _ALIGNER: DlibAligner | None = None
 _ROOT: Path | None = None
+_LOCK_FD: int | None = None  # the builder's lock, which forked workers must not keep alive
 
 
-def _init_worker(params: AlignParams, root: str) -> None:
+def _init_worker(params: AlignParams, root: str, pool_worker: bool = False) -> None:
     """Load the detector and landmark model once per process (about 0.1 s each)."""
     global _ALIGNER, _ROOT
+    if pool_worker and _LOCK_FD is not None:
+        # A forked worker shares the parent's lock; drop our reference so that an orphaned
+        # worker (parent killed) cannot hold the chipset locked.
+        with contextlib.suppress(OSError):
+            os.close(_LOCK_FD)
     _ALIGNER = DlibAligner(params)
     _ROOT = Path(root)
 
@@ -225,7 +234,11 @@ def _align_one(job: tuple[str, str]) -> dict[str, Any]:
         reason = err.message if isinstance(err, DataError) else str(err)
         fix = (err.fix if isinstance(err, DataError) else None) or "check the file"
         return {"problem": {"key": key, "path": src, "reason": reason, "fix": fix}}
-    result = _ALIGNER.align(rgb)
+    try:
+        result = _ALIGNER.align(rgb)
+    except RuntimeError as err:  # dlib's own errors, e.g. an image it cannot process
+        return {"problem": {"key": key, "path": src, "reason": f"dlib failed: {err}",
+                            "fix": "inspect or replace the image"}}
     save_png(_ROOT / chip_relpath(key), result.chip)
     entry: dict[str, Any] = {"key": key, **result.meta()}
     entry.update(
@@ -255,7 +268,7 @@ def _run_jobs(
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     chunk = max(1, min(16, len(jobs) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(params, str(root))) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(params, str(root), True)) as pool:
         yield from pool.imap_unordered(_align_one, jobs, chunksize=chunk)
 
 
@@ -297,35 +310,67 @@ def build_chips(
             )
         wanted[rec.key] = str(rec.path)
 
-    index_path = root / INDEX_NAME
-    done = _read_index(index_path, repair=True)
-    done = {k: e for k, e in done.items() if (root / chip_relpath(k)).is_file()}
-    jobs = sorted((k, p) for k, p in wanted.items() if k not in done)
-
-    problems: list[ChipProblem] = []
-    bar = tqdm(
-        total=len(wanted),
-        initial=len(wanted) - len(jobs),
-        desc="align",
-        unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    try:
-        with open(index_path, "a", encoding="utf-8") as index:
-            for result in _run_jobs(jobs, params, root, workers):
-                if "problem" in result:
-                    problems.append(ChipProblem(**result["problem"]))
-                else:
-                    index.write(json.dumps(result, sort_keys=True) + "\n")
-                    index.flush()
-                    done[result["key"]] = result
-                bar.update(1)
-    finally:
-        bar.close()
-        _write_problems(root, problems)
-    chips = ChipIndex(root=root, params=params, entries=done, problems=problems)
+    with _build_lock(root, progress):
+        index_path = root / INDEX_NAME
+        done = _read_index(index_path, repair=True)
+        done = {k: e for k, e in done.items() if (root / chip_relpath(k)).is_file()}
+        jobs = sorted((k, p) for k, p in wanted.items() if k not in done)
+        # Problems of other records stay listed; the requested ones are judged afresh.
+        problems = {p.key: p for p in _read_problems(root) if p.key not in wanted}
+        new_problems: list[ChipProblem] = []
+        bar = tqdm(
+            total=len(wanted),
+            initial=len(wanted) - len(jobs),
+            desc="align",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        try:
+            with open(index_path, "a", encoding="utf-8") as index:
+                for result in _run_jobs(jobs, params, root, workers):
+                    if "problem" in result:
+                        new_problems.append(ChipProblem(**result["problem"]))
+                    else:
+                        index.write(json.dumps(result, sort_keys=True) + "\n")
+                        index.flush()
+                        done[result["key"]] = result
+                    bar.update(1)
+        finally:
+            bar.close()
+            problems.update((p.key, p) for p in new_problems)
+            _write_problems(root, list(problems.values()))
+    chips = ChipIndex(root=root, params=params, entries=done, problems=list(problems.values()))
     return chips.subset(wanted)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, progress: bool) -> Iterator[None]:
+    """One builder per chipset at a time (others wait, then find the work done).
+
+    An advisory ``flock`` on ``.lock``: released by the OS if the holder is killed, so a crash
+    never leaves a stale lock. Where ``fcntl`` is missing (Windows) builds are not serialised;
+    they would still be correct, only duplicate work.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    global _LOCK_FD
+    with open(root / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                tqdm.write(f"waiting for another process aligning into {root} ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        _LOCK_FD = fh.fileno()
+        try:
+            yield
+        finally:
+            _LOCK_FD = None
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _write_problems(root: Path, problems: list[ChipProblem]) -> None:

@@ -224,7 +224,7 @@ def attack_loss(
 
 
 def _flat(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], int(x[0].numel()) if x.shape[0] else 0)
 
 
 def linf_norm(delta: Tensor) -> Tensor:
@@ -499,9 +499,17 @@ class Attack(ABC):
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
+    def amp_active(self, x: Tensor) -> bool:
+        """Mixed precision is used only on CUDA and only when asked for."""
+        return self.amp and x.is_cuda
+
     def scores(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Forward pass, in bf16 autocast when ``amp`` is on and the input is on CUDA."""
-        if self.amp and x.is_cuda:
+        """Forward pass for gradients: bf16 autocast when :meth:`amp_active`.
+
+        Decisions that feed the best-so-far bookkeeping are always taken in full precision
+        (attacks re-evaluate when amp is on), so bf16 rounding cannot fake a success.
+        """
+        if self.amp_active(x):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return model(x).float()
         return model(x)

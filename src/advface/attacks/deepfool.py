@@ -77,7 +77,12 @@ class DeepFool(Attack):
                 scores = self.scores(model, q).float()
                 if t == 0:
                     goal.check(scores)
-                succ = tracker.update(idx, q.detach(), scores.detach())
+                if self.amp_active(q):
+                    with torch.no_grad():
+                        exact = model(q.detach())
+                else:
+                    exact = scores.detach()
+                succ = tracker.update(idx, q.detach(), exact)
                 keep = ~succ
                 if t == self.steps or not bool(keep.any()):
                     break

@@ -82,7 +82,7 @@ class PGD(Attack):
         ti_kernel: TI Gaussian kernel size (0 = off); ti_sigma: its std (default size/6).
         schedule: ``"constant"`` or ``"cosine"`` (step decays to ~0 by the last step).
         early_stop: drop an image from the batch as soon as it is fooled.
-        amp: bf16 autocast for gradient steps on CUDA (the final decision is in fp32).
+        amp: bf16 autocast for gradient passes on CUDA; decisions are re-taken in fp32.
     """
 
     name = "pgd"
@@ -169,7 +169,7 @@ class PGD(Attack):
             # The clean image itself is always a candidate: an image the model already gets
             # wrong (Dodging) is a success at zero cost and is never attacked.
             with torch.no_grad():
-                tracker.update(everyone, images, self.scores(model, images))
+                tracker.update(everyone, images, model(images))
         for start in starts:
             idx = everyone[~tracker.success] if self.early_stop else everyone
             if idx.numel() == 0:
@@ -204,7 +204,7 @@ class PGD(Attack):
             last = t == self.steps
             if last:
                 with torch.no_grad():
-                    tracker.update(idx, q, self.scores(model, q))
+                    tracker.update(idx, q, model(q))
                 break
             grad, scores = self._gradient(model, q, goal[idx], gen)
             succ = tracker.update(idx, q, scores)
@@ -238,7 +238,7 @@ class PGD(Attack):
                 scores.float(), goal, self.loss, temperature=self.temperature, kappa=self.kappa
             ).sum()
             (grad,) = torch.autograd.grad(loss, q)
-        if self.diversity is not None:
+        if self.diversity is not None or self.amp_active(q):
             with torch.no_grad():
-                scores = self.scores(model, q.detach())
+                scores = model(q.detach()).float()
         return grad.detach(), scores.detach()

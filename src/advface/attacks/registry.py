@@ -48,6 +48,10 @@ def attack_class(name: str) -> type[Attack]:
         ) from None
 
 
+#: Alias used by the experiment runner.
+get_attack = attack_class
+
+
 def hyperparameters(name: str) -> dict[str, Any]:
     """Keyword hyper-parameters of an attack and their defaults (``inspect.Parameter.empty``
     when required)."""

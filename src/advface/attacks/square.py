@@ -13,8 +13,10 @@ budget is spent (``p``, the fraction of pixels changed, halves at fixed fraction
   mass moves into the window from elsewhere. This is a simplified form of the paper's
   two-window mass transfer.
 
-Queries per image count every forward pass that included the image (clean check, initial point,
-proposals) and never exceed ``max_queries``; an image stops at its first success.
+Forward passes run in full precision (there is no backward pass for mixed precision to speed
+up, and every query is a decision). Queries per image count every forward pass that included
+the image (clean check, initial point, proposals) and never exceed ``max_queries``; an image
+stops at its first success.
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ class Square(Attack):
         *,
         max_queries: int = 1000,
         p_init: float | None = None,
-        amp: bool = False,
     ) -> None:
-        super().__init__(budget, amp=amp)
+        super().__init__(budget)
         if max_queries < 1:
             raise AdvfaceError(f"max_queries must be >= 1, got {max_queries}", fix="e.g. 1000")
         if not math.isfinite(budget.eps):
@@ -77,7 +78,7 @@ class Square(Attack):
         queries = torch.zeros(n, dtype=torch.long, device=dev)
         everyone = torch.arange(n, device=dev)
 
-        scores = self.scores(model, images)
+        scores = model(images)
         goal.check(scores)
         queries += 1
         succ = tracker.update(everyone, images, scores)
@@ -87,7 +88,7 @@ class Square(Attack):
 
         clean = images[active]
         x = self.quantize(clean, clean + self._init_delta(clean, gen))
-        scores = self.scores(model, x)
+        scores = model(x)
         queries[active] += 1
         current = torch.zeros_like(images)
         current[active] = x - clean
@@ -109,7 +110,7 @@ class Square(Attack):
             else:
                 proposal = self._propose_l2(current[active], mask, top, left, side, gen)
             x = self.quantize(clean, clean + proposal)
-            scores = self.scores(model, x)
+            scores = model(x)
             queries[active] += 1
             margin = goal[active].margin(scores.float())
             succ = tracker.update(active, x, scores)

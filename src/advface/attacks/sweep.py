@@ -108,7 +108,8 @@ def sweep(
     images = validate_images(images)
     goal = goal.to(images.device)
     n = images.shape[0]
-    min_eps = torch.full((n,), math.inf, device=images.device)
+    # float64 so that min_eps values compare equal to the grid's Python floats.
+    min_eps = torch.full((n,), math.inf, dtype=torch.float64, device=images.device)
     results: dict[float, AttackResult] = {}
     previous: AttackResult | None = None
     for eps in grid:
@@ -136,7 +137,7 @@ def sweep(
 
 @dataclass
 class MinimalEps:
-    """Per-image minimal eps on the grid (``inf``: not fooled at the largest eps).
+    """Per-image minimal eps on the grid (``inf``: not fooled at the largest eps), float64.
 
     ``adv`` is, per image, the adversarial found at ``min_eps`` (the clean image when never
     fooled); ``attacks`` counts attack runs per image (cost of the search).
@@ -168,12 +169,14 @@ def minimal_eps(
     norm: Norm = "linf",
     strategy: Literal["grow", "bisect"] = "bisect",
     seed: int | None = None,
+    warm_start: bool = True,
 ) -> MinimalEps:
     """Smallest grid eps at which ``attack_factory(Budget(norm, eps))`` fools each image.
 
-    ``"grow"`` is :func:`sweep` (warm-started, one attack per grid point per undecided image);
-    ``"bisect"`` is a batched binary search: each round attacks every undecided image once, at
-    the middle of its bracket, grouping images that share the same eps into one batch.
+    ``"grow"`` is :func:`sweep` (one attack per grid point per undecided image, warm-started
+    unless ``warm_start=False``); ``"bisect"`` is a batched binary search: each round attacks
+    every undecided image once, at the middle of its bracket, grouping images that share the
+    same eps into one batch (no warm start: brackets move both ways).
     """
     grid = _check_grid(eps_grid)
     images = validate_images(images)
@@ -181,7 +184,9 @@ def minimal_eps(
     n = images.shape[0]
     dev = images.device
     if strategy == "grow":
-        results = sweep(attack_factory, model, images, goal, grid, norm=norm, seed=seed)
+        results = sweep(
+            attack_factory, model, images, goal, grid, norm=norm, seed=seed, warm_start=warm_start
+        )
         last = results[grid[-1]]
         assert last.min_eps is not None
         adv = images.clone()
@@ -214,7 +219,7 @@ def minimal_eps(
             hi[idx[won]] = m
             adv[idx[won]] = res.adv[won]
             lo[idx[~won]] = m
-    values = torch.tensor([*grid, math.inf], device=dev)
+    values = torch.tensor([*grid, math.inf], dtype=torch.float64, device=dev)
     return MinimalEps(grid, values[hi], adv, attacks, norm)
 
 

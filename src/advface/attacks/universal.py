@@ -4,9 +4,10 @@ Instead of DeepFool-based aggregation (Moosavi-Dezfooli et al. 2017) the perturb
 trained by mini-batch projected gradient ascent on the mean goal loss (the SGD-style variant
 of Shafahi et al. 2020): shuffle the training images, take a signed (L-inf) or normalised (L2)
 step on the batch gradient w.r.t. the shared perturbation, project onto the budget ball. The
-margin loss is capped at ``kappa`` (default 0 in score units) so images that are already fooled
-stop dominating the batch gradient. After each epoch the perturbation is quantised and scored on
-the training set; the best epoch is kept.
+margin loss can be capped at ``kappa`` (score units) so images already fooled by that much stop
+pulling the batch gradient; uncapped was as good or better on our small checks, so it is the
+default. After each epoch the perturbation is quantised and scored on the training set; the best
+epoch is kept.
 
 What is reported is the *fooling rate on held-out images*: :meth:`fit` on one set,
 :meth:`apply` on another. :meth:`run` (the common interface) fits and applies on the same
@@ -87,7 +88,7 @@ class UniversalPerturbation(Attack):
         step_size: float | None = None,
         loss: LossKind = "margin",
         temperature: float = 1.0,
-        kappa: float = 0.0,
+        kappa: float = math.inf,
         amp: bool = False,
     ) -> None:
         super().__init__(budget, amp=amp)

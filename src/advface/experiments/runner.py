@@ -174,7 +174,7 @@ class Runner:
         probes = sorted(split.probes)
         if cfg.n_probes is not None and cfg.n_probes < len(probes):
             probes = sorted(random.Random(cfg.seed).sample(probes, cfg.n_probes))
-        by_key = lfw.by_key()
+        by_key = lfw.by_key
         needed = sorted(set(split.gallery) | set(split.probes))
         self.log(f"aligning {len(needed)} images (cached after the first run)")
         chips = build_chips([by_key[k] for k in needed], cfg.data.resolved_cache_dir(),
@@ -310,7 +310,7 @@ class Runner:
             self.log(f"verification skipped: {err}")
             return
         keys = sorted({p.key_a for p in pairs} | {p.key_b for p in pairs})
-        by_key = st.lfw.by_key()
+        by_key = st.lfw.by_key
         chips = build_chips([by_key[k] for k in keys], self.cfg.data.resolved_cache_dir(),
                             upsample=self.cfg.align_upsample, progress=self.progress)
         for name, lm in st.models.items():
@@ -379,12 +379,11 @@ class Runner:
 
     def _attack_obj(self, spec: AttackSpec, eps255: float | None):
         from advface.attacks.base import Budget
-        from advface.attacks.registry import get_attack
+        from advface.attacks.registry import create
 
-        cls = get_attack(spec.registry_name)
         budget = Budget(spec.norm, math.inf) if eps255 is None else Budget.from_8bit(
             spec.norm, eps255)
-        return cls(budget, **spec.params)
+        return create(spec.registry_name, budget, **spec.params)
 
     def _goal_obj(self, goal_name: str, keys: list[str]):
         from advface.attacks.base import Dodging, Impersonation
@@ -408,8 +407,11 @@ class Runner:
         cells = []
         for spec in self.cfg.attacks:
             epss: list[float | None] = list(spec.eps_8bit) if spec.eps_8bit else [None]
+            decisions = {m.name: m.decision for m in self.cfg.models}
             for model in spec.models or [m.name for m in self.cfg.models]:
                 for surface in spec.surfaces:
+                    if surface == "gallery" and decisions[model] == "softmax":
+                        continue  # a softmax head has no gallery to poison
                     for goal in spec.goals:
                         for eps in epss:
                             cells.append((spec, model, eps, goal, surface))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
 import shutil
-import subprocess
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -87,8 +88,8 @@ class BrowserCheck:
 class _Pipe:
     """The DevTools protocol over Chromium's pipe: send commands, collect events."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], to_fd: int, from_fd: int):
-        self.proc, self.to_fd, self.from_fd = proc, to_fd, from_fd
+    def __init__(self, proc: _Process, to_fd: int, from_fd: int, log: Path):
+        self.proc, self.to_fd, self.from_fd, self.log = proc, to_fd, from_fd, log
         self.buf = b""
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
@@ -103,7 +104,9 @@ class _Pipe:
                 return None
             chunk = os.read(self.from_fd, 1 << 20)
             if not chunk:
-                raise AdvfaceError("Chromium closed the DevTools pipe (it crashed or exited)")
+                tail = self.log.read_text(errors="replace")[-1500:] if self.log.is_file() else ""
+                raise AdvfaceError("Chromium closed the DevTools pipe (it crashed or exited); "
+                                   f"its output ends with:\n{tail}")
             self.buf += chunk
         raw, self.buf = self.buf.split(b"\0", 1)
         return json.loads(raw)
@@ -147,20 +150,63 @@ class _Pipe:
             self.events.append(msg)
 
 
-def _launch(chromium: str, user_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    """Start Chromium with its DevTools pipe on fds 3 (commands in) and 4 (replies out)."""
-    cmd_r, cmd_w = os.pipe()
-    res_r, res_w = os.pipe()
-    # `sh -c 'exec ... 3<&A 4>&B'` puts the pipe ends on exactly fds 3 and 4 in the child,
-    # which subprocess alone cannot do safely (pass_fds keeps fd numbers as they are).
-    script = f'exec "$0" "$@" 3<&{cmd_r} 4>&{res_w}'
+def _high_fd(fd: int) -> int:
+    """Move an fd to a number >= 10, so the dup2s onto 3 and 4 cannot clobber a source."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+class _Process:
+    """The Chromium child: its pid, and waiting for or ending exactly that process."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.wait(10)
+
+
+def _launch(chromium: str, user_dir: Path, log: Path) -> tuple[_Process, int, int]:
+    """Start Chromium with its DevTools pipe on fds 3 (commands in) and 4 (replies out).
+
+    posix_spawn's file actions place the pipe ends on exactly fds 3 and 4 in the child, which
+    subprocess cannot do (pass_fds keeps fd numbers as they are), with no shell in between.
+    """
+    cmd_r, cmd_w = (_high_fd(fd) for fd in os.pipe())
+    res_r, res_w = (_high_fd(fd) for fd in os.pipe())
+    log_fd = _high_fd(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    null_fd = _high_fd(os.open(os.devnull, os.O_RDONLY))
     args = [chromium, *_FLAGS, f"--user-data-dir={user_dir}", "about:blank"]
-    proc = subprocess.Popen(["sh", "-c", script, *args], pass_fds=(cmd_r, res_w),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    os.close(cmd_r)
-    os.close(res_w)
-    return proc, cmd_w, res_r
+    try:
+        pid = os.posix_spawn(chromium, args, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null_fd, 0), (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2), (os.POSIX_SPAWN_DUP2, cmd_r, 3),
+            (os.POSIX_SPAWN_DUP2, res_w, 4)])
+    except OSError:
+        for fd in (cmd_w, res_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (cmd_r, res_w, log_fd, null_fd):
+            os.close(fd)
+    return _Process(pid), cmd_w, res_r
 
 
 def check_page(html_path: str | Path, screenshot: str | Path | None = None,
@@ -175,8 +221,9 @@ def check_page(html_path: str | Path, screenshot: str | Path | None = None,
     url = html_path.as_uri()
     result = BrowserCheck(url=url)
     with tempfile.TemporaryDirectory(prefix="advface-chromium-") as tmp:
-        proc, to_fd, from_fd = _launch(chromium, Path(tmp))
-        pipe = _Pipe(proc, to_fd, from_fd)
+        log = Path(tmp) / "chromium.log"
+        proc, to_fd, from_fd = _launch(chromium, Path(tmp) / "profile", log)
+        pipe = _Pipe(proc, to_fd, from_fd, log)
         try:
             pipe.call("Browser.getVersion", timeout=timeout)
             target = pipe.call("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -216,11 +263,8 @@ def check_page(html_path: str | Path, screenshot: str | Path | None = None,
         finally:
             with contextlib.suppress(AdvfaceError, OSError):
                 pipe.call("Browser.close", timeout=5)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            if not proc.wait(10):
                 proc.kill()
-                proc.wait()
             os.close(to_fd)
             os.close(from_fd)
     _collect(pipe.events, result)

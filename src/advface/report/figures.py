@@ -83,6 +83,16 @@ def read_image(run: RunData, path: Path | None) -> np.ndarray | None:
 
 
 # ---- classifiers ------------------------------------------------------------------------------
+def expects_training(run: RunData) -> bool:
+    """Whether the run should have training curves: a model trained here, or one whose model
+    file is missing (so we cannot tell). A run of pretrained models only has none to miss."""
+    for m in run.model_names:
+        info = run.models.get(m)
+        if info is None or info.get("kind") == "adhoc" or info.get("training_history"):
+            return True
+    return False
+
+
 def fig_training_curves(run: RunData) -> Figure | None:
     """Loss and train/validation accuracy per epoch for every model that was trained here."""
     hist = {m: info["training_history"] for m, info in run.models.items()
@@ -486,11 +496,13 @@ def figure_builders(run: RunData) -> dict[str, Callable[[], Figure | None]]:
     """Name -> zero-argument builder, in report order; names are the PNG file stems."""
     norms = sorted({c.norm for c in run.cells if not c.is_transfer and not c.is_mineps
                     and c.eps is not None}, key=lambda n: (n != "linf", n)) or ["linf"]
-    builders: dict[str, Callable[[], Figure | None]] = {
-        "training_curves": lambda: fig_training_curves(run),
+    builders: dict[str, Callable[[], Figure | None]] = {}
+    if expects_training(run):
+        builders["training_curves"] = lambda: fig_training_curves(run)
+    builders.update({
         "cmc": lambda: fig_cmc(run),
         "verification_roc": lambda: fig_verification_roc(run),
-    }
+    })
     for norm in norms:
         builders[f"robustness_{norm}"] = lambda norm=norm: fig_robustness(run, norm)
     builders["adversarial_grid"] = lambda: fig_adversarial_grid(run)

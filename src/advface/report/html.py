@@ -45,7 +45,7 @@ caption { text-align: left; font-weight: 600; font-size: 14px; padding: 4px 0; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left;
   vertical-align: top; white-space: nowrap; }
 td:nth-child(3) { white-space: normal; }
-th { background: #eef1f6; }
+th { background: #eef1f6; white-space: normal; vertical-align: bottom; }
 tr.baseline td { color: var(--muted); font-style: italic; background: #fafbfc; }
 .note { font-size: 12.5px; color: var(--muted); margin: 4px 0 0; }
 .nofig { color: #8a5a00; background: #fff7e6; border: 1px solid #f0d9a8; border-radius: 4px;

@@ -83,10 +83,21 @@ def summarize_cell(cell: Cell, rows: list[Row]) -> CellSummary:
     )
 
 
+def cell_order(run: RunData, cell: Cell) -> tuple:
+    """Report order: model as configured, then attack, norm, goal, surface, eps.
+
+    Store order is by hashed cell id, i.e. arbitrary; texts and tables must not depend on it.
+    """
+    models = run.model_names
+    return (models.index(cell.model) if cell.model in models else len(models), cell.attack,
+            cell.norm, cell.goal, cell.surface, cell.eps is None, cell.eps or 0.0,
+            cell.surrogate or "")
+
+
 def summaries(run: RunData) -> list[CellSummary]:
     """One summary per cell that has rows (cells without rows are 'missing', not zero)."""
     out = []
-    for cell in run.cells:
+    for cell in sorted(run.cells, key=lambda c: cell_order(run, c)):
         rows = run.rows.get(cell.cell_id, [])
         if rows:
             out.append(summarize_cell(cell, rows))

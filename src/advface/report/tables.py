@@ -139,10 +139,24 @@ def table_classifiers(run: RunData) -> Table | None:
                       "precision/recall over identities.", emphasis=emphasis)
 
 
+def _far_keys(run: RunData, models: list[str]) -> list[str]:
+    keys: set[str] = set()
+    for m in models:
+        keys |= set((run.verification[m].get("tar_at_far") or {}).keys())
+    def as_float(k: str) -> float:
+        try:
+            return float(k)
+        except ValueError:
+            return math.inf
+    return sorted(keys, key=as_float)
+
+
 def table_verification(run: RunData) -> Table | None:
+    """10-fold accuracy, AUC, EER and TAR at each FAR the run measured, with chance."""
     models = [m for m in run.model_names if m in run.verification]
     if not models:
         return None
+    fars = _far_keys(run, models)
     rows = []
     for m in models:
         v = run.verification[m]
@@ -151,10 +165,22 @@ def table_verification(run: RunData) -> Table | None:
         if v.get("std_accuracy") is not None:
             acc += f" ± {pct(v['std_accuracy'])}"
         rows.append([m, acc, num(v.get("auc")), pct(v.get("eer")),
-                     pct(tar.get("0.001")), pct(tar.get("0.01"))])
-    rows.append(["random guess", "50.0%", "0.500", "50.0%", "0.1%", "1.0%"])
+                     *[pct(tar.get(f)) for f in fars]])
+    chance = []
+    for f in fars:
+        try:
+            chance.append(pct(float(f)))
+        except ValueError:
+            chance.append("n/a")
+    rows.append(["random guess", "50.0%", "0.500", "50.0%", *chance])
+    far_cols = []
+    for f in fars:
+        try:
+            far_cols.append(f"TAR @ FAR {pct(float(f), 1)}")
+        except ValueError:
+            far_cols.append(f"TAR @ FAR {f}")
     return Table("verification", "LFW pair verification (10 folds)",
-                 ["model", "accuracy ± std", "AUC", "EER", "TAR @ FAR 0.1%", "TAR @ FAR 1%"],
+                 ["model", "accuracy ± std", "AUC", "EER", *far_cols],
                  rows, note="A random scorer accepts genuine and impostor pairs alike: TAR "
                  "equals FAR, AUC 0.5, EER 50%.", emphasis={len(rows) - 1})
 
@@ -205,8 +231,8 @@ def table_transfer(run: RunData) -> Table | None:
         return None
     return Table("transfer", "Transfer (black-box) attacks",
                  ["surrogate", "target", "attack", "norm", "ε", "goal", "n",
-                  "transfer success", "target robust rank-1", "white-box on surrogate",
-                  "white-box on target"], rows,
+                  "transfer success", "target rank-1 after", "white-box success on surrogate",
+                  "white-box success on target"], rows,
                  note=f"Random-guess rank-1: {pct(S.random_hit(run))}.")
 
 
@@ -249,7 +275,8 @@ def table_missing(run: RunData, undrawn: list[str] | None = None) -> Table | Non
     rows += [["figure", name, "not drawn: the run has no data for it"] for name in undrawn or []]
     if not rows:
         return None
-    return Table("missing", "Missing results", ["kind", "what", "detail"], rows)
+    return Table("missing", "Files, cells, images and figures the report could not use",
+                 ["kind", "what", "detail"], rows)
 
 
 def all_tables(run: RunData, undrawn: list[str] | None = None) -> dict[str, Table | None]:

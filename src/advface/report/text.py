@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from advface.report import stats as S
+from advface.report.figures import expects_training, impersonation_choice
 from advface.report.load import GOALS, RunData, fmt_eps, split_subsets
 from advface.report.stats import CellSummary
 from advface.report.tables import num, pct
@@ -195,7 +196,7 @@ def _cells_count(run: RunData) -> str:
 
 
 # ---- sections --------------------------------------------------------------------------------
-def section_abstract(run: RunData, sums: list[CellSummary]) -> Section:
+def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) -> Section:
     sec = Section("abstract", "Abstract")
     n = run.n_identities
     names = [m for m in run.model_names]
@@ -223,7 +224,7 @@ def section_abstract(run: RunData, sums: list[CellSummary]) -> Section:
     comp = _robustness_comparisons(run, sums)
     if comp:
         sec.p(comp[0])
-    n_missing = len(run.missing)
+    n_missing = missing_count(run, undrawn)
     if n_missing:
         sec.p(f"{n_missing} expected result{'s are' if n_missing != 1 else ' is'} missing; see "
               "the section Missing results.")
@@ -350,13 +351,13 @@ def section_classifiers(run: RunData, sums: list[CellSummary]) -> Section:
               f"decision is {info.get('decision', '?')}"
               + (f"; {n_params:,} parameters." if isinstance(n_params, int) else "."))
     sec.table("models")
-    trained = False
     for m in run.model_names:
         hist = (run.models.get(m) or {}).get("training_history")
         if isinstance(hist, list) and hist:
             sec.p(_training_sentence(m, hist) or "")
-            trained = True
-    if trained:
+        elif (run.models.get(m) or {}).get("kind") == "adhoc":
+            sec.p(f"{m} is an ad-hoc model, but its model file records no training history.")
+    if expects_training(run):
         sec.figure("training_curves")
     models = [m for m in run.model_names if m in run.clean]
     if models:
@@ -605,7 +606,12 @@ def section_results(run: RunData, sums: list[CellSummary]) -> Section:
     return sec
 
 
-def section_discussion(run: RunData, sums: list[CellSummary]) -> Section:
+def missing_count(run: RunData, undrawn: list[str]) -> int:
+    """Everything the Missing results section lists: files, cells, images, figures."""
+    return len(run.missing) + len(run.unreadable_images) + len(undrawn)
+
+
+def section_discussion(run: RunData, sums: list[CellSummary], undrawn: list[str]) -> Section:
     sec = Section("discussion", "Discussion")
     for m in S.transfer_matrices(run, sums):
         for (a, b), s in m.rate.items():
@@ -614,9 +620,9 @@ def section_discussion(run: RunData, sums: list[CellSummary]) -> Section:
                 sec.p(f"Transfer from {a} to {b} ({attack_name(m.base_attack)}, "
                       f"{fmt_eps((m.eps or 0) * 255)}, {m.goal}) reaches {pct(s.asr)} success, "
                       f"{s.asr / wb.asr:.2f} times the white-box rate on {b} ({pct(wb.asr)}): "
-                      + ("most of the white-box effect carries over without access to the "
-                         "target." if s.asr / wb.asr >= 0.5 else
-                         "less than half of the white-box effect carries over."))
+                      + ("more than half of the white-box success carries over without access "
+                         "to the target's gradients." if s.asr / wb.asr > 0.5 else
+                         "at most half of the white-box success carries over."))
     for text in _robustness_comparisons(run, sums):
         sec.p(text)
         sec.p("Robust rank-1 mixes clean accuracy with robustness, so the comparison above "
@@ -631,9 +637,10 @@ def section_discussion(run: RunData, sums: list[CellSummary]) -> Section:
               "resolved. Results hold for this closed set, these models and these attack "
               "settings; attacks stronger than the ones run here can only lower robust "
               "accuracy further, so the robust accuracies are upper bounds.")
-    if run.missing:
-        sec.p(f"{len(run.missing)} expected results are missing (listed below); statements "
-              "above cover only what was measured.")
+    n = missing_count(run, undrawn)
+    if n:
+        sec.p(f"{n} expected result{'s are' if n != 1 else ' is'} missing (see Missing "
+              "results); the statements above cover only what was measured.")
     return sec
 
 
@@ -659,7 +666,7 @@ def section_conclusion(run: RunData, sums: list[CellSummary]) -> Section:
 
 def section_missing(run: RunData, undrawn: list[str]) -> Section:
     sec = Section("missing", "Missing results")
-    n = len(run.missing) + len(run.unreadable_images) + len(undrawn)
+    n = missing_count(run, undrawn)
     if n == 0:
         sec.p("Nothing is missing: every file named in docs/run_dir.md was found, every cell "
               "is done with all its rows, and every figure was drawn.")
@@ -680,10 +687,10 @@ def build_sections(run: RunData, undrawn: list[str] | None = None) -> list[Secti
     sums = S.summaries(run)
     undrawn = list(undrawn or [])
     return [
-        section_abstract(run, sums), section_introduction(run, sums),
+        section_abstract(run, sums, undrawn), section_introduction(run, sums),
         section_data(run, sums), section_classifiers(run, sums),
         section_adversary(run, sums), section_results(run, sums),
-        section_discussion(run, sums), section_conclusion(run, sums),
+        section_discussion(run, sums, undrawn), section_conclusion(run, sums),
         section_missing(run, undrawn),
     ]
 
@@ -714,8 +721,6 @@ def figure_caption(run: RunData, name: str) -> str:
     """The caption of a figure, with data-dependent remarks (e.g. a target image missing)."""
     text = FIGURE_CAPTIONS.get(name, name.replace("_", " "))
     if name == "impersonation_examples":
-        from advface.report.figures import impersonation_choice
-
         picks = impersonation_choice(run)
         lacking = sorted({run.identity_name(r.target_label) for _, r in picks
                           if not run.images_of_identity(run.identity_name(r.target_label))})

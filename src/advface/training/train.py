@@ -20,9 +20,9 @@ Output directory::
     config.yaml           the resolved config
     split.json            the closed-set split (advface.data.splits format)
     train_split.json      gallery keys used for training and for validation
-    history.json/.csv     one row per finished epoch: loss, train_acc, val_acc, lr, seconds
+    history.json/.csv     per epoch: loss, train_acc, val_acc, val_balanced_acc, lr, seconds
     state.json + state-epochNNNN.safetensors   resumable training state (latest epoch)
-    model.safetensors + model.json             best model by validation accuracy (load_adhoc)
+    model.safetensors + model.json             best model by balanced validation accuracy
     eval.json             probe evaluation of the best model (softmax head and gallery NN)
 """
 
@@ -203,7 +203,8 @@ def _write_json(path: Path, obj: Any) -> None:
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     _write_json(out / "history.json", history)
     buf = io.StringIO()
-    fields = ["epoch", "loss", "train_acc", "val_acc", "lr", "seconds", "elapsed"]
+    fields = ["epoch", "loss", "train_acc", "val_acc", "val_balanced_acc", "lr", "seconds",
+              "elapsed"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
@@ -299,7 +300,7 @@ class TrainResult:
     model_path: Path
     epochs_completed: int
     best_epoch: int
-    best_val_acc: float
+    best_val_balanced_acc: float
     stop_reason: str
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
@@ -342,11 +343,16 @@ def pool_images(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tens
 @torch.inference_mode()
 def validation_accuracy(
     model: AdHocNet, data: PreparedData, small: torch.Tensor, batch_size: int
-) -> float:
-    """Head accuracy on the validation images; for a head-less model, nearest-neighbour
-    accuracy of validation images against the training images (cosine)."""
+) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) on the validation images: the head's decision, or for a
+    head-less model the nearest-neighbour decision against the training images (cosine).
+
+    Balanced accuracy (mean per-person recall) is what selects the best epoch: the probes are
+    one per person, so plain accuracy, dominated by George_W_Bush's 530 images, would favour
+    a model that is good on the few frequent people only.
+    """
     if data.val_idx.numel() == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     model.eval()
     xv = small[data.val_idx]
     yv = data.gallery_labels[data.val_idx]
@@ -361,7 +367,11 @@ def validation_accuracy(
         scores = gallery_scores(run(model, xv), train_emb, data.gallery_labels[data.train_idx],
                                 len(data.identities))
         pred = scores.argmax(1)
-    return float((pred == yv).float().mean())
+    hit = (pred == yv).float()
+    per_class = torch.zeros(len(data.identities)).index_add_(0, yv, hit)
+    counts = torch.bincount(yv, minlength=len(data.identities)).float()
+    present = counts > 0
+    return float(hit.mean()), float((per_class[present] / counts[present]).mean())
 
 
 def _train_epoch(
@@ -453,7 +463,7 @@ def train(
     data.split.save(out / "split.json")
     _write_json(out / "train_split.json", {"source": data.source_id, "train": data.train_keys,
                                            "val": data.val_keys})
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    atomic_write_bytes(out / "config.yaml", to_yaml(cfg).encode())
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.identities)
@@ -475,7 +485,7 @@ def train(
     if resume and state_exists:
         doc = _load_state(out, model, opt)
         epoch, step, elapsed = doc["epoch"], doc["step"], doc["elapsed_seconds"]
-        best_val, best_epoch = doc["best_val_acc"], doc["best_epoch"]
+        best_val, best_epoch = doc["best_val_balanced_acc"], doc["best_epoch"]
         since_best, history = doc["epochs_since_best"], doc["history"]
 
     training_meta = {
@@ -509,13 +519,14 @@ def train(
             stop_reason = "time budget"
             break
         step = step_after
-        val_acc = validation_accuracy(model, data, small, cfg.eval_batch_size)
+        val_plain, val_acc = validation_accuracy(model, data, small, cfg.eval_batch_size)
         seconds = time.monotonic() - started
         elapsed += seconds
         epoch += 1
         epochs_this_call += 1
         has_val = not math.isnan(val_acc)
-        row = {"epoch": epoch, **stats, "val_acc": val_acc if has_val else None,
+        row = {"epoch": epoch, **stats, "val_acc": val_plain if has_val else None,
+               "val_balanced_acc": val_acc if has_val else None,
                "seconds": round(seconds, 3), "elapsed": round(elapsed, 3)}
         history.append(row)
         # Ties go to the later (longer-trained) epoch; without validation the last one wins.
@@ -524,18 +535,21 @@ def train(
                 since_best = 0
             best_val, best_epoch = (val_acc if has_val else best_val), epoch
             save_adhoc(model, out / "model.safetensors", loss=loss_meta,
-                       training={**training_meta, "epoch": epoch, "val_acc": row["val_acc"],
+                       training={**training_meta, "epoch": epoch,
+                                 "val_balanced_acc": row["val_balanced_acc"],
                                  "history": history})
         else:
             since_best += 1
         _write_history(out, history)
         _save_state(out, model, opt, {
-            "epoch": epoch, "step": step, "elapsed_seconds": elapsed, "best_val_acc": best_val,
-            "best_epoch": best_epoch, "epochs_since_best": since_best, "history": history,
+            "epoch": epoch, "step": step, "elapsed_seconds": elapsed,
+            "best_val_balanced_acc": best_val, "best_epoch": best_epoch,
+            "epochs_since_best": since_best, "history": history,
             "config_hash": cfg.identity_hash()})
         if progress:
             tqdm.write(f"epoch {epoch:3d}  loss {stats['loss']:.4f}  train "
-                       f"{stats['train_acc']:.3f}  val {val_acc:.3f}  lr {stats['lr']:.4f}  "
+                       f"{stats['train_acc']:.3f}  val {val_plain:.3f} (balanced {val_acc:.3f})  "
+                       f"lr {stats['lr']:.4f}  "
                        f"{seconds:.1f}s")
         if cfg.patience is not None and since_best >= cfg.patience:
             stop_reason = "early stopping"

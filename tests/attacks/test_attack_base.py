@@ -1,0 +1,152 @@
+"""Budgets, goals, losses and the budget-safe quantiser."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from attack_models import TinyNet, grid_images
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advface.attacks.base import (
+    Budget,
+    Dodging,
+    Impersonation,
+    attack_loss,
+    l2_norm,
+    linf_norm,
+    on_grid,
+    project,
+    quantize_within,
+    validate_images,
+)
+from advface.errors import AdvfaceError
+
+
+def test_budget_from_8bit_units() -> None:
+    b = Budget.from_8bit("linf", 2)
+    assert b.eps == pytest.approx(2 / 255) and b.eps255 == pytest.approx(2)
+    # A non-grid L-inf eps floors to whole grey levels; L2 stays as given.
+    assert Budget.from_8bit("linf", 2.5).effective_eps == pytest.approx(2 / 255)
+    assert Budget.from_8bit("linf", 3).effective_eps == pytest.approx(3 / 255)
+    assert Budget.from_8bit("l2", 255).eps == pytest.approx(1.0)
+    assert Budget.from_8bit("l2", 2.5).effective_eps == pytest.approx(2.5 / 255)
+    with pytest.raises(AdvfaceError):
+        Budget("l1", 0.1)  # type: ignore[arg-type]
+    with pytest.raises(AdvfaceError):
+        Budget("l2", -1.0)
+
+
+def test_goals_success_and_margin() -> None:
+    scores = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
+    dodge = Dodging(torch.tensor([0, 0]))
+    assert dodge.success(scores).tolist() == [False, True]
+    assert dodge.margin(scores).tolist() == [-2.0, 5.0]
+    imp = Impersonation(torch.tensor([1, 2]))
+    assert imp.success(scores).tolist() == [False, True]
+    assert imp.margin(scores).tolist() == [-2.0, 3.0]
+    assert imp[torch.tensor([1])].labels.tolist() == [2]
+    with pytest.raises(AdvfaceError):
+        Dodging(torch.tensor([0, 7])).check(scores)
+
+
+@pytest.mark.parametrize("kind", ["margin", "ce"])
+@pytest.mark.parametrize("goal_cls", [Dodging, Impersonation])
+def test_attack_loss_gradcheck(kind: str, goal_cls: type) -> None:
+    """Analytic input gradients of the attack losses match finite differences (float64)."""
+    model = TinyNet(n_ids=5, width=4).double().eval()
+    x = grid_images(2, size=8).double().requires_grad_(True)
+    goal = goal_cls(torch.tensor([1, 3]))
+
+    def f(inp: torch.Tensor) -> torch.Tensor:
+        return attack_loss(model(inp), goal, kind, temperature=0.5)  # type: ignore[arg-type]
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_ce_loss_direction() -> None:
+    """Dodging ascends CE on the true label; Impersonation descends CE toward the target."""
+    scores = torch.tensor([[2.0, 0.0, -1.0]])
+    up = attack_loss(scores, Dodging(torch.tensor([0])), "ce")
+    assert float(up) > 0
+    toward = attack_loss(scores, Impersonation(torch.tensor([2])), "ce")
+    assert float(toward) < 0
+    capped = attack_loss(scores, Dodging(torch.tensor([2])), "margin", kappa=1.0)
+    assert float(capped) == 1.0  # margin 3 capped at kappa
+
+
+def _clean_and_adv(seed: int, n: int, size: int, spread: float) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 256, (n, 3, size, size), generator=g).float() / 255
+    # Include pixels at 0 and 1 so the box matters.
+    clean[:, 0, 0, 0] = 0.0
+    clean[:, 1, 0, 0] = 1.0
+    adv = clean + spread * torch.randn(clean.shape, generator=g)
+    return clean, adv
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    norm=st.sampled_from(["linf", "l2"]),
+    eps255=st.floats(0.0, 40.0),
+    spread=st.floats(0.0, 0.2),
+)
+def test_quantize_within_budget(seed: int, norm: str, eps255: float, spread: float) -> None:
+    """On the grid, in [0, 1], within budget after rounding, and idempotent."""
+    budget = Budget.from_8bit(norm, eps255)  # type: ignore[arg-type]
+    clean, adv = _clean_and_adv(seed, 3, 6, spread)
+    q = quantize_within(clean, adv, budget)
+    assert on_grid(q, tol=1e-4)
+    assert float(q.min()) >= 0 and float(q.max()) <= 1
+    size = linf_norm(q - clean) if norm == "linf" else l2_norm(q - clean)
+    assert bool((size <= budget.eps + 1e-6).all())
+    assert torch.equal(quantize_within(clean, q, budget), q)
+
+
+def test_quantize_linf_floors_non_grid_eps() -> None:
+    clean = torch.full((1, 3, 2, 2), 100 / 255)
+    adv = clean + 2.5 / 255
+    q = quantize_within(clean, adv, Budget.from_8bit("linf", 2.5))
+    # Plain rounding would give +3 levels (over budget); the safe quantiser gives +2.
+    assert torch.allclose(q * 255 - 100, torch.full_like(q, 2.0), atol=1e-4)
+
+
+def test_quantize_l2_fixes_rounding_overshoot() -> None:
+    """Every component 0.6 levels: rounding to 1 would exceed the budget; fix flips some."""
+    clean = torch.full((1, 3, 4, 4), 100 / 255)
+    d = 0.6 / 255
+    adv = clean + d
+    budget = Budget("l2", float(l2_norm(adv - clean)))
+    naive = torch.round(adv * 255) / 255
+    assert float(l2_norm(naive - clean)) > budget.eps  # the problem exists
+    q = quantize_within(clean, adv, budget)
+    assert float(l2_norm(q - clean)) <= budget.eps + 1e-7
+    levels = (q - clean) * 255
+    # Kept as many +1 steps as fit: floor(48 * 0.36) = 17 components.
+    assert int(levels.round().sum()) == math.floor(48 * 0.36)
+
+
+def test_quantize_l2_keeps_nearest_when_within_budget() -> None:
+    clean, adv = _clean_and_adv(3, 2, 5, 0.01)
+    budget = Budget("l2", 10.0)
+    nearest = torch.round(adv.clamp(0, 1) * 255) / 255
+    assert torch.equal(quantize_within(clean, adv, budget), nearest)
+
+
+def test_project_stays_in_ball_and_box() -> None:
+    clean, adv = _clean_and_adv(1, 4, 5, 0.5)
+    for budget in (Budget("linf", 0.03), Budget("l2", 0.4)):
+        p = project(clean, adv, budget)
+        assert float(p.min()) >= 0 and float(p.max()) <= 1
+        size = linf_norm(p - clean) if budget.norm == "linf" else l2_norm(p - clean)
+        assert bool((size <= budget.eps + 1e-6).all())
+
+
+def test_validate_images_rejects_off_grid() -> None:
+    with pytest.raises(AdvfaceError, match="8-bit"):
+        validate_images(torch.full((1, 3, 4, 4), 0.5 / 255))
+    with pytest.raises(AdvfaceError):
+        validate_images(torch.zeros(3, 4, 4))

@@ -1,0 +1,56 @@
+"""Registry, config construction and the `advface attack` commands."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from advface.attacks import PGD, Budget, DeepFool, registry
+from advface.cli.main import app
+from advface.errors import AdvfaceError, ConfigError
+
+REQUIRED = {"fgsm", "bim", "pgd", "mifgsm", "cw", "deepfool", "square", "universal"}
+
+
+def test_registry_names_and_creation() -> None:
+    assert set(registry.available()) == REQUIRED
+    budget = Budget.from_8bit("l2", 100)
+    for name in REQUIRED:
+        attack = registry.create(name, budget)
+        assert attack.name == name and attack.budget == budget
+    pgd = registry.create("PGD", Budget.from_8bit("linf", 8), steps=20, random_restarts=2)
+    assert isinstance(pgd, PGD) and pgd.steps == 20 and pgd.random_restarts == 2
+
+
+def test_registry_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="unknown attack"):
+        registry.create("nope", Budget("linf", 0.01))
+    with pytest.raises(ConfigError, match="no hyper-parameter"):
+        registry.create("pgd", Budget("linf", 0.01), stepz=3)
+    with pytest.raises(ConfigError, match="no hyper-parameter"):
+        registry.factory("square", steps=3)
+    with pytest.raises(AdvfaceError, match="norm"):
+        registry.create("cw", Budget("linf", 0.01))
+
+
+def test_from_config_and_factory() -> None:
+    attack = registry.from_config({"name": "deepfool", "norm": "linf", "eps255": 4, "steps": 7})
+    assert isinstance(attack, DeepFool) and attack.steps == 7
+    assert attack.budget.eps == pytest.approx(4 / 255)
+    with pytest.raises(ConfigError, match="eps"):
+        registry.from_config({"name": "pgd", "norm": "linf"})
+    build = registry.factory("pgd", steps=3)
+    assert build(Budget("l2", 0.5)).steps == 3  # type: ignore[attr-defined]
+
+
+def test_cli_list_and_show() -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["attack", "list"])
+    assert listed.exit_code == 0, listed.output
+    for name in REQUIRED:
+        assert name in listed.output
+    shown = runner.invoke(app, ["attack", "show", "pgd"])
+    assert shown.exit_code == 0, shown.output
+    assert "random_restarts = 1" in shown.output and "steps = 10" in shown.output
+    bad = runner.invoke(app, ["attack", "show", "nope"])
+    assert bad.exit_code != 0

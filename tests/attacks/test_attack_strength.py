@@ -1,0 +1,168 @@
+"""Attack strength: against torchattacks, between our own attacks, and minimum-norm quality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from attack_models import BumpyNet, TinyNet, grid_images
+from torch import Tensor, nn
+
+from advface.attacks import (
+    BIM,
+    FGSM,
+    PGD,
+    Budget,
+    CarliniWagnerL2,
+    DeepFool,
+    Dodging,
+    Impersonation,
+    Square,
+    minimal_eps,
+    quantize_within,
+    transfer,
+)
+
+
+def _own_labels(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize(("model", "eps255"), [(TinyNet(), 1), (BumpyNet(k=60.0), 1)])
+def test_pgd_fools_at_least_as_many_as_torchattacks(model: nn.Module, eps255: int) -> None:
+    """Same model, inputs, eps, step size, steps and one random start; ours after quantising."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model.eval()
+    x = grid_images(64)
+    y = _own_labels(model, x)
+    budget = Budget.from_8bit("linf", eps255)
+    alpha = budget.eps / 4
+    for seed in range(2):
+        torch.manual_seed(seed)
+        theirs = torchattacks.PGD(model, eps=budget.eps, alpha=alpha, steps=10)(x, y)
+        theirs = quantize_within(x, theirs, budget)
+        with torch.no_grad():
+            n_theirs = int((model(theirs).argmax(1) != y).sum())
+        ours = PGD(budget, steps=10, step_size=alpha, zero_start=False, random_restarts=1)
+        n_ours = int(ours.run(model, x, Dodging(y), seed=seed).success.sum())
+        assert n_ours >= n_theirs, (seed, n_ours, n_theirs)
+
+
+CONFIGS = [("linf", 2 / 255), ("linf", 4 / 255), ("l2", 0.2), ("l2", 0.4)]
+
+
+def test_pgd_superset_of_bim_and_bim_beats_fgsm() -> None:
+    """PGD's zero-start run is BIM, so its successes contain BIM's; BIM >= FGSM in count."""
+    model = BumpyNet(k=150.0).eval()
+    x = grid_images(64, seed=2)
+    goal = Dodging(_own_labels(model, x))
+    strict = 0
+    for norm, eps in CONFIGS:
+        budget = Budget(norm, eps)  # type: ignore[arg-type]
+        fgsm = FGSM(budget).run(model, x, goal, seed=0).success
+        bim = BIM(budget, steps=10).run(model, x, goal, seed=0).success
+        pgd = PGD(budget, steps=10, random_restarts=1).run(model, x, goal, seed=0).success
+        assert bool((pgd | ~bim).all()), (norm, eps)  # bim => pgd, per image
+        assert int(pgd.sum()) >= int(bim.sum()) >= int(fgsm.sum()), (norm, eps)
+        strict += int(bim.sum()) > int(fgsm.sum())
+    assert strict >= 1  # the model is non-linear enough for the comparison to mean something
+
+
+def test_impersonation_is_harder_than_dodging(tiny_net: TinyNet, images: Tensor) -> None:
+    y = _own_labels(tiny_net, images)
+    budget = Budget.from_8bit("linf", 2)
+    dodge = PGD(budget).run(tiny_net, images, Dodging(y), seed=0)
+    imp = PGD(budget).run(tiny_net, images, Impersonation((y + 3) % 10), seed=0)
+    with torch.no_grad():
+        assert bool((tiny_net(imp.adv).argmax(1)[imp.success] == ((y + 3) % 10)[imp.success]).all())
+    assert imp.success_rate <= dodge.success_rate
+
+
+def test_min_norm_attacks_beat_pgd_minimal_eps() -> None:
+    """C&W and DeepFool find smaller L2 perturbations than PGD's per-image minimal eps."""
+    model = TinyNet().eval()
+    x = grid_images(16)
+    goal = Dodging(_own_labels(model, x))
+    unbounded = Budget("l2", math.inf)
+    cw = CarliniWagnerL2(unbounded, steps=50, binary_search_steps=5).run(model, x, goal, seed=0)
+    df = DeepFool(unbounded).run(model, x, goal, seed=0)
+    grid = [e / 100 for e in range(51)]
+    pgd = minimal_eps(lambda b: PGD(b, steps=10), model, x, goal, grid, norm="l2", seed=0)
+    assert bool(cw.success.all()) and bool(df.success.all())
+    assert bool(torch.isfinite(pgd.min_eps).all())
+    pgd_mean = float(pgd.min_eps.mean())
+    assert float(cw.l2.mean()) < pgd_mean
+    assert float(df.l2.mean()) < 1.02 * pgd_mean
+    assert cw.min_eps is not None and torch.allclose(cw.min_eps, cw.l2)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_stops_just_past_the_boundary(norm: str) -> None:
+    """Every image is fooled after the overshoot, and a slightly smaller step would not be.
+
+    L2: 80% of the perturbation (unquantised, so rounding noise does not blur the test) fools
+    at most a quarter of the images. L-inf: one grey level less fools at most a quarter.
+    """
+    model = TinyNet().eval()
+    x = grid_images(16, seed=4)
+    goal = Dodging(_own_labels(model, x))
+    budget = Budget(norm, math.inf)  # type: ignore[arg-type]
+    result = DeepFool(budget, overshoot=0.02).run(model, x, goal, seed=0)
+    assert bool(result.success.all())
+    delta = result.adv - x
+    if norm == "l2":
+        smaller = x + 0.8 * delta
+    else:
+        level = ((result.linf * 255).round() - 1).clamp_min(0) / 255
+        level = level[:, None, None, None]
+        smaller = x + torch.maximum(torch.minimum(delta, level), -level)
+    with torch.no_grad():
+        fooled_early = goal.success(model(smaller))
+    assert float(fooled_early.float().mean()) <= 0.25
+
+
+class _QueryCounter(nn.Module):
+    """Counts the images the model sees and checks that it is never asked for gradients."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert not torch.is_grad_enabled()
+        self.seen += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_counts_queries_and_respects_budget(norm: str) -> None:
+    model = _QueryCounter(TinyNet().eval())
+    x = grid_images(16, seed=3)
+    goal = Dodging(_own_labels(model, x))
+    budget = Budget.from_8bit("linf", 4) if norm == "linf" else Budget("l2", 0.4)
+    model.seen = 0
+    result = Square(budget, max_queries=300).run(model, x, goal, seed=0)
+    assert result.queries is not None
+    assert int(result.queries.max()) <= 300
+    # Every forward the attack made is a counted query; +1 per image for the final judgement.
+    assert model.seen == int(result.queries.sum()) + x.shape[0]
+    # Fooled images stopped early; the others used the whole budget.
+    assert bool((result.queries[~result.success] == 300).all())
+    assert result.success_rate >= 0.6
+
+
+def test_transfer_judges_on_target() -> None:
+    surrogate, target = TinyNet(seed=0).eval(), TinyNet(seed=7).eval()
+    x = grid_images(16, seed=5)
+    y = _own_labels(target, x)
+    goal = Dodging(y)
+    inner = PGD(Budget.from_8bit("linf", 4), early_stop=False)
+    result = transfer(inner, surrogate, target, x, goal, seed=3)
+    direct = inner.run(surrogate, x, goal, seed=3)
+    assert torch.equal(result.adv, direct.adv)
+    assert torch.equal(result.extras["surrogate_success"], direct.success)
+    with torch.no_grad():
+        assert torch.equal(result.success, goal.success(target(result.adv)))

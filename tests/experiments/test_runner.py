@@ -1,0 +1,175 @@
+"""End-to-end runs of a tiny study on generated data, including a real SIGKILL and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advface.data.lfw import open_lfw
+from advface.data.splits import make_closed_set_split
+from advface.data.synthetic import make_tiny_lfw
+from advface.errors import AdvfaceError, ConfigError
+from advface.experiments.config import load_experiment
+from advface.experiments.runner import run_experiment
+from advface.experiments.store import ResultsStore
+from advface.models.adhoc import AdHocArch, AdHocNet, save_adhoc
+
+ROW_COLS = ("item_key", "clean_pred", "adv_pred", "true_label", "target_label", "success",
+            "linf", "l2", "l0", "ssim", "psnr", "queries", "iterations", "min_eps", "adv_path")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny LFW-shaped data set, its chips cache, and an (untrained) ad-hoc checkpoint."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_tiny_lfw(root / "data", n_people=5, images_per_person=(3, 5), seed=1)
+    cache = root / "cache"
+    lfw = open_lfw(data, cache)
+    split = make_closed_set_split(lfw.records, min_images=2, distractors=False, seed=0)
+    torch.manual_seed(0)
+    net = AdHocNet(AdHocArch(n_classes=len(split.identities), widths=(8, 16), blocks=(1, 1),
+                             internal_size=32, embedding_dim=16), class_names=split.identities)
+    ckpt = save_adhoc(net.eval(), root / "adhoc" / "model")
+    return {"data": data, "cache": cache, "ckpt": ckpt, "root": root}
+
+
+def write_config(path: Path, tiny: dict[str, Path], *, attacks: str) -> Path:
+    path.write_text(f"""
+name: tiny
+seed: 0
+data: {{data_dir: {tiny['data']}, cache_dir: {tiny['cache']}, min_images: 2,
+        distractors: false}}
+models:
+  - {{name: dlib, source: dlib}}
+  - {{name: adhoc, source: adhoc, checkpoint: {tiny['ckpt']}, decision: softmax}}
+n_probes: 4
+batch_size: 2
+verification: false
+align_upsample: 0
+attacks:
+{attacks}
+transfer:
+  - {{surrogate: adhoc, target: dlib, attack: fgsm}}
+""")
+    return path
+
+
+FAST_ATTACKS = """
+  - {name: fgsm, eps_8bit: [2, 8], goals: [dodging, impersonation]}
+  - {name: pgd, params: {steps: 3}, eps_8bit: [4], goals: [dodging], minimal_eps: true}
+"""
+
+
+def table_rows(run_dir: Path) -> dict[tuple[str, str], tuple]:
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        cells = {c["cell_id"]: c for c in store.cells()}
+        out = {}
+        for r in store.rows():
+            c = cells[r["cell_id"]]
+            out[(c["model"] + "/" + c["attack"] + f"/{c['eps']}/{c['goal']}", r["item_key"])] = (
+                tuple(r[k] for k in ROW_COLS))
+        return out
+
+
+def test_tiny_run_end_to_end(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks=FAST_ATTACKS))
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "done" and info["missing_cells"] == []
+    for model in ("dlib", "adhoc"):
+        clean = json.loads((run_dir / "clean" / f"{model}.json").read_text())
+        assert clean["n_identities"] == len(info["identity_names"])
+        assert abs(clean["random_rank_k"]["1"] - 1 / clean["n_identities"]) < 1e-9
+        assert (run_dir / "models" / f"{model}.json").is_file()
+    rows = table_rows(run_dir)
+    # 2 models x (fgsm 2 eps x 2 goals + pgd 1 + pgd-mineps 1) x 4 probes
+    # + transfer adhoc->dlib: fgsm's 2 eps x 2 goals x 4 probes
+    assert len(rows) == 2 * (4 + 1 + 1) * 4 + 4 * 4
+    from advface.data.images import load_png
+
+    for (cell, key), row in rows.items():
+        r = dict(zip(ROW_COLS, row, strict=True))
+        eps255 = float(cell.split("/")[2]) * 255 if cell.split("/")[2] != "None" else None
+        if eps255 is not None:
+            assert r["linf"] <= eps255 + 1e-3, (cell, key, r["linf"])  # float32 k/255
+        adv = load_png(run_dir / r["adv_path"])
+        assert adv.shape == (3, 150, 150)
+        if "impersonation" in cell:
+            assert r["success"] == (r["adv_pred"] == r["target_label"])
+            assert r["target_label"] != r["true_label"]
+        else:
+            assert r["success"] == (r["adv_pred"] != r["true_label"])
+    # a rerun of a finished run computes nothing new and changes nothing
+    before = rows
+    run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    assert table_rows(run_dir) == before
+
+
+def test_resume_refuses_other_config(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks=FAST_ATTACKS))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: something-else\n")
+    with pytest.raises(AdvfaceError, match="different config"):
+        run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+
+
+def test_config_errors_name_the_problem(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    bad = write_config(tmp_path / "bad.yaml", tiny, attacks="  - {name: fgsm, epss: [1]}")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(bad)
+    assert "epss" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+SLOW_ATTACKS = """
+  - {name: fgsm, eps_8bit: [1, 2, 4, 8], goals: [dodging, impersonation]}
+  - {name: pgd, params: {steps: 5}, eps_8bit: [2, 8], goals: [dodging, impersonation]}
+"""
+
+
+def _count_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path,
+                                                          tiny: dict[str, Path]) -> None:
+    cfg_path = write_config(tmp_path / "c.yaml", tiny, attacks=SLOW_ATTACKS)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "advface.cli.main", "run", str(cfg_path), "--out", str(killed),
+           "--no-report", "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = killed / "results.sqlite"
+    deadline = time.monotonic() + 300
+    while _count_rows(db) < 6:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the run wrote no rows in time"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_at_kill = _count_rows(db)
+    total = 2 * (4 * 2 + 2 * 2) * 4 + 8 * 4
+    assert 0 < n_at_kill < total, "kill landed before or after the run; no resume was tested"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = run_experiment(load_experiment(cfg_path), tmp_path / "fresh", progress=False,
+                           log=lambda m: None)
+    resumed_rows, fresh_rows = table_rows(killed), table_rows(fresh)
+    assert len(resumed_rows) == total
+    assert resumed_rows == fresh_rows
+    for (_, _), row in resumed_rows.items():
+        path = dict(zip(ROW_COLS, row, strict=True))["adv_path"]
+        assert (killed / path).read_bytes() == (fresh / path).read_bytes()

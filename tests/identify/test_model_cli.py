@@ -1,0 +1,60 @@
+"""`advface model align|identify|verify` on a tiny generated LFW with a toy model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from advface.cli.main import app
+from advface.models import registry
+
+
+@pytest.fixture
+def toy_registered(monkeypatch, tiny_face):
+    monkeypatch.setitem(registry.MODEL_LOADERS, "toy", lambda: tiny_face().eval())
+
+
+def test_align_prints_counts_and_resumes(tiny_lfw_dir, tmp_path):
+    runner = CliRunner()
+    args = ["model", "align", "--data", str(tiny_lfw_dir), "--cache", str(tmp_path),
+            "--upsample", "0", "--workers", "1", "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "fallback crops" in first.output and "time:" in first.output
+    index = next((tmp_path / "chips").glob("*/index.jsonl"))
+    n_lines = len(index.read_text().splitlines())
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and len(index.read_text().splitlines()) == n_lines
+    assert first.output.splitlines()[1] == second.output.splitlines()[1]  # same chip counts
+
+
+def test_identify_and_verify(tiny_lfw_dir, tmp_path, toy_registered):
+    runner = CliRunner()
+    common = ["--data", str(tiny_lfw_dir), "--cache", str(tmp_path), "--upsample", "0",
+              "--workers", "1", "--model", "toy", "--no-progress"]
+    out = tmp_path / "ident.json"
+    res = runner.invoke(app, ["model", "identify", *common, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "random" in res.output and "nearest" in res.output and "centroid" in res.output
+    saved = json.loads(out.read_text())
+    assert set(saved["rank_k"]) == {"nearest", "centroid"} and saved["n_identities"] == 6
+    res = runner.invoke(app, ["model", "verify", *common, "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    assert "accuracy:" in res.output and "AUC" in res.output and "TAR@FAR" in res.output
+    assert 0.0 <= json.loads((tmp_path / "v.json").read_text())["mean_accuracy"] <= 1.0
+
+
+def test_unknown_model_is_a_clean_error(tiny_lfw_dir, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "advface.cli.main", "model", "verify", "--data",
+         str(tiny_lfw_dir), "--cache", str(tmp_path), "--model", "nope", "--upsample", "0",
+         "--workers", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "unknown face model" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,46 @@
+"""The report notebook: executed with nbclient on a kernel running this interpreter."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+from advface.report.figures import figure_builders
+from advface.report.load import load_run
+from advface.report.notebook import _kernel_manager, write_notebook
+from advface.report.text import build_sections
+
+
+def test_kernel_runs_this_interpreter(tmp_path: Path) -> None:
+    km = _kernel_manager(tmp_path)
+    assert km.kernel_spec.argv[0] == sys.executable
+    assert km.kernel_spec.env["MPLBACKEND"] == "Agg"
+
+
+def test_notebook_executes_and_draws_every_figure(fake_run: Path, tmp_path: Path) -> None:
+    path = write_notebook(fake_run, tmp_path / "nb" / "report.ipynb", execute=True)
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "a cell did not run"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    run = load_run(fake_run)
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) == len(figure_builders(run))
+    # The prose is recomputed in the kernel and equals what the HTML report says.
+    html_out = "".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
+    abstract = build_sections(run)[0].paragraphs()
+    assert abstract[2] in html_out.replace("&#x27;", "'")
+    # The run directory is referenced relative to the notebook (relocatable).
+    assert "Path('../../" in code[0].source or "Path('..'" in code[0].source
+
+
+def test_unexecuted_notebook_has_a_cell_per_figure(fake_run: Path, tmp_path: Path) -> None:
+    path = write_notebook(fake_run, tmp_path / "report.ipynb", execute=False)
+    nb = nbformat.read(path, as_version=4)
+    source = "\n".join(c.source for c in nb.cells)
+    for name in figure_builders(load_run(fake_run)):
+        assert f"{name!r}, undrawn)" in source

@@ -1,0 +1,154 @@
+"""Training loop on a tiny generated LFW: learns, checkpoints, resumes exactly, refuses damage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from advface.config import parse_config
+from advface.data.synthetic import make_tiny_lfw
+from advface.errors import CheckpointError, ConfigError
+from advface.models.adhoc import load_adhoc
+from advface.training.train import TrainConfig, epoch_order, lr_at, train
+
+
+@pytest.fixture(scope="module")
+def tiny_lfw(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lfw")
+    return make_tiny_lfw(root, n_people=4, images_per_person=(8, 10), size=160, seed=0)
+
+
+def config(tiny_lfw: Path, out: Path, **over) -> TrainConfig:
+    d = {
+        "data": {"data_dir": str(tiny_lfw), "cache_dir": str(tiny_lfw / "cache"),
+                 "min_images": 5, "val_fraction": 0.25},
+        "model": {"widths": [4, 8], "blocks": [1, 1], "internal_size": 16,
+                  "embedding_dim": 8},
+        "loss": {"kind": "cosface", "scale": 8.0, "margin": 0.1},
+        "augment": {"enabled": False},
+        "epochs": 3, "batch_size": 8, "lr": 0.05, "sampling": "natural",
+        "threads": 1, "time_budget_minutes": None, "out_dir": str(out),
+    }
+    for key, value in over.items():
+        if isinstance(value, dict):
+            d[key] = {**d.get(key, {}), **value}
+        else:
+            d[key] = value
+    return parse_config(d, TrainConfig)
+
+
+def test_training_reduces_the_loss_and_writes_the_run(tiny_lfw: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_lfw, tmp_path / "run", epochs=6, loss={"kind": "softmax"})
+    result = train(cfg, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
+    for name in ("config.yaml", "split.json", "train_split.json", "history.json",
+                 "history.csv", "state.json", "model.safetensors", "model.json", "eval.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert len(list((tmp_path / "run").glob("state-epoch*.safetensors"))) == 1
+    ev = result.evaluation
+    assert ev is not None and ev["n_identities"] == 4 and ev["softmax"] is not None
+    assert set(ev["gallery_nn"]["rank_k"]) == {"1", "5", "10", "20"}
+    model = load_adhoc(tmp_path / "run")
+    assert model.metadata["training"]["epoch"] == result.best_epoch
+    assert len(model.metadata["training"]["history"]) == 6
+    # probes never leak into training or validation
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    used = json.loads((tmp_path / "run" / "train_split.json").read_text())
+    assert not set(split["probes"]) & (set(used["train"]) | set(used["val"]))
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+        tiny_lfw: Path, tmp_path: Path) -> None:
+    over = {"augment": {"enabled": True}, "model": {"dropout": 0.2}, "sampling": "sqrt"}
+    full = train(config(tiny_lfw, tmp_path / "full", **over), progress=False, evaluate=False)
+    part = train(config(tiny_lfw, tmp_path / "part", **over), progress=False,
+                 stop_after_epochs=1)
+    assert part.stop_reason == "interrupted" and part.epochs_completed == 1
+    state = json.loads((tmp_path / "part" / "state.json").read_text())
+    assert state["epoch"] == 1
+    resumed = train(config(tiny_lfw, tmp_path / "part", **over), resume=True, progress=False,
+                    evaluate=False)
+    assert resumed.epochs_completed == 3
+    a = load_file(tmp_path / "full" / "state-epoch0003.safetensors")
+    b = load_file(tmp_path / "part" / "state-epoch0003.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = ("seconds", "elapsed")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in full.history] == \
+           [{k: v for k, v in r.items() if k not in strip} for r in resumed.history]
+
+
+def test_existing_run_needs_resume_and_the_same_config(tiny_lfw: Path, tmp_path: Path) -> None:
+    train(config(tiny_lfw, tmp_path / "run"), progress=False, stop_after_epochs=1)
+    with pytest.raises(ConfigError, match="already holds"):
+        train(config(tiny_lfw, tmp_path / "run"), progress=False)
+    with pytest.raises(ConfigError, match="differs"):
+        train(config(tiny_lfw, tmp_path / "run", lr=0.01), resume=True, progress=False)
+
+
+def test_corrupt_training_state_is_refused(tiny_lfw: Path, tmp_path: Path) -> None:
+    train(config(tiny_lfw, tmp_path / "run"), progress=False, stop_after_epochs=1)
+    tensors = next((tmp_path / "run").glob("state-epoch*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checksum"):
+        train(config(tiny_lfw, tmp_path / "run"), resume=True, progress=False)
+    (tmp_path / "run" / "state.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        train(config(tiny_lfw, tmp_path / "run"), resume=True, progress=False)
+
+
+def test_siamese_contrastive_training_runs_and_has_no_softmax(
+        tiny_lfw: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_lfw, tmp_path / "siam", epochs=2,
+                 loss={"kind": "contrastive", "pairs_per_batch": 32}, sampling="balanced")
+    result = train(cfg, progress=False)
+    assert result.evaluation["softmax"] is None
+    assert result.evaluation["gallery_nn"]["rank_k"]["1"] >= 0.0
+    assert not hasattr(load_adhoc(tmp_path / "siam"), "logits")
+
+
+def test_time_budget_stops_cleanly_and_keeps_the_best(tiny_lfw: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_lfw, tmp_path / "run", epochs=50, time_budget_minutes=0.0005)
+    result = train(cfg, progress=False, evaluate=False)
+    assert result.stop_reason == "time budget"
+    assert 1 <= result.epochs_completed < 50
+    assert load_adhoc(result.model_path).metadata["training"]["epoch"] == result.best_epoch
+
+
+def test_schedule_and_sampling_are_pure_functions(tiny_lfw: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_lfw, tmp_path, lr=0.1, schedule="onecycle", warmup_fraction=0.25)
+    lrs = [lr_at(cfg, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] < 0.001 and lrs == [lr_at(cfg, s, 100) for s in range(100)]
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    bal = config(tiny_lfw, tmp_path, sampling="balanced")
+    drawn = epoch_order(labels, bal, 4000, torch.Generator().manual_seed(0))
+    share = float((labels[drawn] == 1).float().mean())
+    assert 0.45 < share < 0.55  # classes equally likely despite 9:1 images
+
+
+def test_cli_train_and_eval(tiny_lfw: Path, tmp_path: Path) -> None:
+    from advface.cli.main import app
+
+    yaml_path = tmp_path / "cfg.yaml"
+    cfg = config(tiny_lfw, tmp_path / "unused", epochs=1)
+    d = cfg.model_dump(mode="json")
+    d.pop("out_dir")
+    yaml_path.write_text(json.dumps(d))  # JSON is valid YAML
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "adhoc", "--config", str(yaml_path), "--out",
+                              str(tmp_path / "cli"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "rank-1" in res.output and (tmp_path / "cli" / "model.json").is_file()
+    res = runner.invoke(app, ["train", "eval", "--checkpoint", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert "gallery NN" in res.output and "random" in res.output
+    saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
+    assert f"{saved['gallery_nn']['rank_k']['1']:.3f}" in res.output
