@@ -16,8 +16,8 @@ from advface.attacks.base import l2_norm, linf_norm, on_grid
 
 #: Small settings so that one example takes milliseconds.
 FAST: dict[str, dict[str, Any]] = {
-    "fgsm": {},
-    "bim": {"steps": 3},
+    "fgsm": {"loss": "ce", "temperature": 0.5},
+    "bim": {"steps": 3, "schedule": "cosine"},
     "pgd": {"steps": 3, "random_restarts": 1},
     "mifgsm": {"steps": 3, "input_diversity": 0.5, "ti_kernel": 3},
     "cw": {"steps": 5, "binary_search_steps": 2},
@@ -137,3 +137,13 @@ def test_unbounded_budget_for_minimum_norm_attacks(tiny_net: TinyNet, images, la
         result = attack.run(tiny_net, images[:4], Dodging(labels[:4]), seed=0)
         assert on_grid(result.adv)
         assert result.min_eps is not None
+
+
+def test_global_rng_untouched(tiny_net: TinyNet, images: torch.Tensor, labels) -> None:
+    """Randomness comes from a local generator only, so callers' RNG streams are unaffected."""
+    state = torch.get_rng_state()
+    for name, hyper in (("pgd", {"steps": 2}), ("square", {"max_queries": 5})):
+        create(name, Budget.from_8bit("linf", 2), **hyper).run(
+            tiny_net, images, Dodging(labels), seed=4
+        )
+    assert torch.equal(torch.get_rng_state(), state)

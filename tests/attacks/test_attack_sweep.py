@@ -124,12 +124,15 @@ def test_warm_started_grow_is_valid(setup) -> None:
     assert bool((linf_norm(found.adv - x)[fooled] <= found.min_eps[fooled] + 1e-6).all())
 
 
-def test_bisect_needs_fewer_attacks_than_grow_on_long_grids(setup) -> None:
+def test_bisect_attacks_each_image_about_log2_times(setup) -> None:
     model, x, goal = setup
     grid = eps_grid_8bit(range(1, 17))
-    kwargs = {"seed": 0}
-    bis = minimal_eps(lambda b: BIM(b, steps=3), model, x, goal, grid, strategy="bisect", **kwargs)
+    bis = minimal_eps(lambda b: BIM(b, steps=3), model, x, goal, grid, strategy="bisect", seed=0)
     assert int(bis.attacks.max()) <= math.ceil(math.log2(len(grid) + 1))
+    grow = minimal_eps(lambda b: BIM(b, steps=3), model, x, goal, grid, strategy="grow", seed=0)
+    # Images never fooled cost grow one attack per grid point; bisect only log2 of that.
+    never = ~torch.isfinite(grow.min_eps)
+    assert bool((grow.attacks[never] == len(grid)).all())
 
 
 def test_grid_validation(setup) -> None:

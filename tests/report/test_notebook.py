@@ -43,4 +43,4 @@ def test_unexecuted_notebook_has_a_cell_per_figure(fake_run: Path, tmp_path: Pat
     nb = nbformat.read(path, as_version=4)
     source = "\n".join(c.source for c in nb.cells)
     for name in figure_builders(load_run(fake_run)):
-        assert f"{name!r}, undrawn)" in source
+        assert f"{name!r}, undrawn, run)" in source

@@ -326,15 +326,20 @@ def quantize_within(clean: Tensor, adv: Tensor, budget: Budget) -> Tensor:
     It is idempotent: an already quantised, in-budget image is returned unchanged.
     """
     dtype = adv.dtype
+    if budget.norm == "linf":
+        # Whole grey levels in [0, 255] are exact in float32: no need for float64 here.
+        work = torch.promote_types(dtype, torch.float32)
+        a255 = (adv.detach().to(work) * 255.0).nan_to_num(0.0).clamp(0.0, 255.0).round()
+        c255 = (clean.to(work) * 255.0).round()
+        if math.isfinite(budget.eps):
+            e = math.floor(budget.eps * 255.0 + _GRID_TOL)
+            a255 = torch.minimum(torch.maximum(a255, c255 - e), c255 + e)
+        return (a255 / 255.0).to(dtype)
     c255 = (clean.double() * 255.0).round()
     d = (project(clean, adv, budget).double() * 255.0) - c255
     d = torch.minimum(torch.maximum(d, -c255), 255.0 - c255)
     d_int = d.round()
-    if budget.norm == "linf":
-        if math.isfinite(budget.eps):
-            e = math.floor(budget.eps * 255.0 + _GRID_TOL)
-            d_int = d_int.clamp(-e, e)
-    elif math.isfinite(budget.eps):
+    if math.isfinite(budget.eps):
         d_int = fit_l2_rounding(d, d_int, budget.eps * 255.0)
     return ((c255 + d_int) / 255.0).to(dtype)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -228,3 +229,51 @@ def evaluate_defence(
         result.worst_case[f"{float(e):g}"] = float(torch.stack(per_attack).amin(0).mean())
     bar.close()
     return result
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def load_run(run_dir: str | Path, *, data_dir: Path | None = None,
+             cache_dir: Path | None = None) -> tuple[Any, Any]:
+    """(model, prepared data) of a finished `advface train adhoc` or `defend advtrain` run.
+
+    The data is the run's own split (split.json), so the probes are exactly the images the
+    model never trained on; ``data_dir``/``cache_dir`` override where the images are read.
+    """
+    import yaml
+
+    from advface.config import load_yaml
+    from advface.data.splits import ClosedSetSplit
+    from advface.errors import CheckpointError, ConfigError
+    from advface.models.adhoc import load_adhoc
+    from advface.training.data import prepare_data
+    from advface.training.train import TrainConfig
+
+    run = Path(run_dir)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file() or not (run / "split.json").is_file():
+        raise CheckpointError(
+            "not a training run folder (config.yaml and split.json are missing)", path=run,
+            fix="pass the --out folder of `advface train adhoc` or `advface defend advtrain`")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"unreadable run config ({err})", path=cfg_path,
+                          fix="re-run the training") from err
+    if isinstance(raw, dict) and "adversarial" in raw:
+        from advface.defences.adversarial_training import AdvTrainConfig
+
+        cfg = load_yaml(cfg_path, AdvTrainConfig).train
+    else:
+        cfg = load_yaml(cfg_path, TrainConfig)
+    updates = {k: v for k, v in (("data_dir", data_dir), ("cache_dir", cache_dir))
+               if v is not None}
+    if updates:
+        cfg.data = cfg.data.model_copy(update=updates)
+    model = load_adhoc(run / "model.safetensors")
+    data = prepare_data(cfg.data, ClosedSetSplit.load(run / "split.json"))
+    if list(model.class_names) != list(data.identities):
+        raise CheckpointError("the model's classes differ from the run's split identities",
+                              path=run, fix="evaluate the model with the split it was trained on")
+    return model, data

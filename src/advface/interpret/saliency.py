@@ -342,11 +342,14 @@ class PerturbationSaliency:
 
 
 def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    den = a.norm(dim=1) * b.norm(dim=1)
-    r = (a * b).sum(dim=1) / den
-    return torch.where(den > 0, r, torch.full_like(r, math.nan))
+    """Row-wise correlation; NaN where a row is constant (up to float rounding)."""
+    a, b = a.double(), b.double()
+    ca = a - a.mean(dim=1, keepdim=True)
+    cb = b - b.mean(dim=1, keepdim=True)
+    na, nb = ca.norm(dim=1), cb.norm(dim=1)
+    constant = (na <= 1e-9 * a.norm(dim=1)) | (nb <= 1e-9 * b.norm(dim=1)) | (na * nb == 0)
+    r = (ca * cb).sum(dim=1) / (na * nb).clamp_min(1e-300)
+    return torch.where(constant, torch.full_like(r, math.nan), r).float()
 
 
 def _ranks(x: Tensor) -> Tensor:

@@ -499,10 +499,9 @@ def figure_builders(run: RunData) -> dict[str, Callable[[], Figure | None]]:
     builders: dict[str, Callable[[], Figure | None]] = {}
     if expects_training(run):
         builders["training_curves"] = lambda: fig_training_curves(run)
-    builders.update({
-        "cmc": lambda: fig_cmc(run),
-        "verification_roc": lambda: fig_verification_roc(run),
-    })
+    builders["cmc"] = lambda: fig_cmc(run)
+    if run.verification or run.config.get("verification", True) is not False:
+        builders["verification_roc"] = lambda: fig_verification_roc(run)
     for norm in norms:
         builders[f"robustness_{norm}"] = lambda norm=norm: fig_robustness(run, norm)
     builders["adversarial_grid"] = lambda: fig_adversarial_grid(run)

@@ -163,6 +163,7 @@ class RunData:
     run: dict[str, Any]
     split: dict[str, Any] | None
     config_text: str | None
+    config: dict[str, Any]
     models: dict[str, dict[str, Any]]
     model_names: list[str]
     clean: dict[str, dict[str, Any]]
@@ -489,8 +490,20 @@ def load_run(run_dir: str | Path) -> RunData:
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8", errors="replace") \
         if config_path.is_file() else None
+    config: dict[str, Any] = {}
     if config_text is None:
         missing.append(Missing("file", "config.yaml", "file absent"))
+    else:
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(config_text)
+        except yaml.YAMLError as err:
+            raise AdvfaceError(f"corrupt YAML in run directory: {err}", path=config_path,
+                               fix="restore the config the run was started with") from err
+        config = parsed if isinstance(parsed, dict) else {}
+    # A study run with `verification: false` has no verification files by design.
+    want_verification = config.get("verification", True) is not False
 
     store_path = run_dir / "results.sqlite"
     if store_path.is_file():
@@ -524,6 +537,8 @@ def load_run(run_dir: str | Path) -> RunData:
         for sub, target in (("models", models), ("clean", clean),
                             ("verification", verification)):
             path = run_dir / sub / f"{name}.json"
+            if sub == "verification" and not want_verification and not path.is_file():
+                continue
             value = _read_json(path, missing, f"{sub}/{name}.json")
             if value is not None:
                 target[name] = _expect_dict(value, path)
@@ -556,7 +571,8 @@ def load_run(run_dir: str | Path) -> RunData:
     names_raw = run.get("identity_names") or []
     identity_names = [str(n) for n in names_raw] if isinstance(names_raw, list) else []
     return RunData(
-        run_dir=run_dir, run=run, split=split, config_text=config_text, models=models,
+        run_dir=run_dir, run=run, split=split, config_text=config_text, config=config,
+        models=models,
         model_names=names, clean=clean, verification=verification, cells=cells, rows=rows,
         identity_names=identity_names, missing=missing,
     )

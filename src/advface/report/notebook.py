@@ -47,18 +47,25 @@ def figure_call(name: str) -> str:
 
 
 # ---- helpers the notebook's cells call ------------------------------------------------------
-def show_figure(fig: Any, name: str, undrawn: list[str] | None = None) -> None:
+def show_figure(fig: Any, name: str, undrawn: list[str] | None = None,
+                run: RunData | None = None) -> None:
     """Display a figure as PNG with its caption, or say that the run has no data for it."""
+    import html
+
     from IPython.display import HTML, Image, display
 
     from advface.report.figures import png_bytes
+    from advface.report.text import figure_caption
 
     if fig is None:
         if undrawn is not None and name not in undrawn:
             undrawn.append(name)
-        display(HTML(f"<p><i>Figure “{name}” not drawn: the run holds no data for it.</i></p>"))
+        display(HTML(f"<p><i>Figure “{html.escape(name)}” not drawn: the run holds no data "
+                     "for it.</i></p>"))
         return
     display(Image(data=png_bytes(fig), format="png"))
+    if run is not None:
+        display(HTML(f"<p><small>{html.escape(figure_caption(run, name))}</small></p>"))
 
 
 def show_section(run: RunData, key: str, undrawn: list[str] | None = None) -> None:
@@ -111,7 +118,7 @@ def build_notebook(run: RunData, run_dir_in_notebook: str) -> nbformat.NotebookN
         for block in section.blocks:
             if block.kind == "figure" and block.name in names:
                 cells.append(new_code_cell(
-                    f"show_figure({figure_call(block.name)}, {block.name!r}, undrawn)"))
+                    f"show_figure({figure_call(block.name)}, {block.name!r}, undrawn, run)"))
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python (advface)",
                                  "language": "python"}

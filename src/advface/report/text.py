@@ -38,6 +38,10 @@ ATTACKS: dict[str, tuple[str, str, str]] = {
     "transfer": ("transfer", "black-box",
                  "images crafted on a surrogate model are shown unchanged to another model"),
     "universal": ("universal", "white-box", "one perturbation shared by all probes"),
+    "noise": ("random noise", "baseline",
+              "random sign noise of size ε, using no information about the model"),
+    "gallery_poisoning": ("gallery poisoning", "white-box",
+                          "perturbs enrolled gallery images instead of the probes"),
 }
 
 
@@ -173,9 +177,18 @@ def _numeric_key(text: str) -> tuple[float, str]:
         return math.inf, text
 
 
-def _transfer_sentences(run: RunData, sums: list[CellSummary]) -> list[str]:
+def _transfer_sentences(run: RunData, sums: list[CellSummary],
+                        headline_only: bool = False) -> list[str]:
+    """One sentence per transfer cell; `headline_only`: only the largest budget of the first
+    goal (dodging when run), so an abstract states the setting without listing every cell."""
+    mats = S.transfer_matrices(run, sums)
+    if headline_only and mats:
+        goal = "dodging" if any(m.goal == "dodging" for m in mats) else mats[0].goal
+        mats = [m for m in mats if m.goal == goal]
+        top = max((m.eps or 0.0) for m in mats)
+        mats = [m for m in mats if (m.eps or 0.0) == top]
     out = []
-    for m in S.transfer_matrices(run, sums):
+    for m in mats:
         eps = fmt_eps(m.eps * 255) if m.eps is not None else "no budget"
         for (a, b), s in m.rate.items():
             if a == b:
@@ -218,7 +231,7 @@ def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) 
         norm = _norm_name(_main_norm(sums) or "linf")
         sec.p(f"Across the {_cells_count(run)} (dodging, {norm} budget): "
               + "; ".join(heads) + ".")
-    trans = _transfer_sentences(run, sums)
+    trans = _transfer_sentences(run, sums, headline_only=True)
     if trans:
         sec.p("In the black-box transfer setting, " + "; ".join(trans) + ".")
     comp = _robustness_comparisons(run, sums)
@@ -264,6 +277,8 @@ def section_data(run: RunData, sums: list[CellSummary]) -> Section:
     sec = Section("data", "Data and protocol")
     n = run.n_identities
     subsets = split_subsets(run.split)
+    if run.config.get("verification", True) is False:
+        sec.p("LFW pair verification was switched off in config.yaml (verification: false).")
     if n:
         sec.p(f"The closed set has {n} identities (run.json identity_names); a uniformly "
               f"random guess is right with probability 1/{n} = {pct(1 / n)}, the baseline "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,3 +50,19 @@ def train_small(x: Tensor, y: Tensor, *, steps: int = 150, seed: int = 0,
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def train_dict(tiny_lfw: Path, out: Path, **over) -> dict:
+    """A TrainConfig mapping for a seconds-long run on the tiny generated LFW."""
+    d = {
+        "data": {"data_dir": str(tiny_lfw), "cache_dir": str(tiny_lfw / "cache"),
+                 "min_images": 5, "val_fraction": 0.25},
+        "model": {"widths": [8, 16], "blocks": [1, 1], "internal_size": 16,
+                  "embedding_dim": 16},
+        "loss": {"kind": "softmax"},
+        "augment": {"enabled": False},
+        "epochs": 6, "batch_size": 8, "lr": 0.05, "sampling": "natural",
+        "threads": 1, "time_budget_minutes": None, "out_dir": str(out),
+    }
+    d.update(over)
+    return d

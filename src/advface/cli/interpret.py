@@ -1,0 +1,169 @@
+"""`advface interpret ...`: saliency overlays and identity visualisations of a trained model.
+
+Thin wrappers around :mod:`advface.interpret`. Images larger than the model's input are
+centre-cropped to it (the ad-hoc model's center-crop convention: the 150x150 centre of a
+250x250 LFW image), smaller or non-square ones resized, and the choice is printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Interpretability: saliency maps and identity visualisation.",
+                  no_args_is_help=True)
+
+CheckpointOpt = Annotated[Path, typer.Option(
+    "--checkpoint", help="ad-hoc model: a training run folder or its model.safetensors")]
+
+
+def _load_model(checkpoint: Path):
+    from advface.models.adhoc import load_adhoc
+
+    return load_adhoc(checkpoint)
+
+
+def _load_image(path: Path, size: int):
+    """(3, size, size) float tensor on the 8-bit grid, plus a note on what was done."""
+    from advface.data.images import center_crop, load_rgb, resize, to_tensor
+
+    arr = load_rgb(path)
+    h, w = arr.shape[:2]
+    if (h, w) == (size, size):
+        note = "used as is"
+    elif h >= size and w >= size:
+        arr = center_crop(arr, size)
+        note = f"centre-cropped {w}x{h} -> {size}x{size}"
+    else:
+        arr = resize(arr, size, "bilinear")
+        note = f"resized {w}x{h} -> {size}x{size}"
+    return to_tensor(arr), note
+
+
+def _identity_index(names: list[str], identity: str) -> int:
+    from advface.errors import AdvfaceError
+
+    if identity.isdigit() and int(identity) < len(names):
+        return int(identity)
+    if identity in names:
+        return names.index(identity)
+    import difflib
+
+    close = difflib.get_close_matches(identity, names, n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    raise AdvfaceError(f"unknown identity {identity!r}{hint}",
+                       fix="use one of the model's class names or an index")
+
+
+@app.command("saliency")
+def saliency(
+    checkpoint: CheckpointOpt,
+    image: Annotated[Path, typer.Option("--image", help="face image (PNG/JPEG)")],
+    method: Annotated[str, typer.Option(
+        "--method", help="vanilla, smoothgrad or ig (integrated gradients)")] = "smoothgrad",
+    target: Annotated[str | None, typer.Option(
+        "--target", help="identity to explain (name or index; default: the decision)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="overlay PNG (default: <image>_<method>.png next to the image)")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 25,
+    noise: Annotated[float, typer.Option("--noise", help="SmoothGrad noise std")] = 0.15,
+    steps: Annotated[int, typer.Option("--steps", help="IG quadrature steps")] = 64,
+    baseline: Annotated[str, typer.Option("--baseline", help="IG baseline: black or blur")
+                        ] = "black",
+    alpha: Annotated[float, typer.Option("--alpha", help="overlay opacity")] = 0.6,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write a heat-map overlay of which pixels drive the model's identity score."""
+    import torch
+
+    from advface.data.images import save_png
+    from advface.errors import AdvfaceError
+    from advface.interpret.saliency import (
+        heatmap,
+        integrated_gradients,
+        overlay,
+        smoothgrad,
+        vanilla_gradient,
+    )
+    from advface.interpret.scoring import LogitScorer
+
+    model = _load_model(checkpoint)
+    scorer = LogitScorer(model)
+    x, note = _load_image(image, int(model.input_size))
+    x = x[None]
+    names = scorer.class_names
+    with torch.no_grad():
+        probs = scorer(x).softmax(1)[0]
+    t = _identity_index(names, target) if target is not None else int(probs.argmax())
+    if method == "vanilla":
+        attr = vanilla_gradient(scorer, x, t)
+    elif method == "smoothgrad":
+        attr = smoothgrad(scorer, x, t, samples=samples, noise=noise, seed=seed)
+    elif method in ("ig", "integrated-gradients"):
+        if baseline not in ("black", "blur"):
+            raise AdvfaceError(f"unknown baseline {baseline!r}", fix="use black or blur")
+        attr = integrated_gradients(scorer, x, t, baseline=baseline, steps=steps)  # type: ignore[arg-type]
+    else:
+        raise AdvfaceError(f"unknown method {method!r}", fix="use vanilla, smoothgrad or ig")
+    heat = heatmap(attr)[0]
+    path = out or image.with_name(f"{image.stem}_{method}.png")
+    save_png(path, overlay(x[0], heat, alpha=alpha))
+    top = probs.topk(min(3, probs.numel()))
+    decided = ", ".join(f"{names[i]} {p:.3f}" for p, i in zip(top.values.tolist(),
+                                                               top.indices.tolist(), strict=True))
+    typer.echo(f"image {image} ({note}); top identities: {decided}")
+    typer.echo(f"explained identity: {names[t]}; overlay written to {path}")
+
+
+@app.command("identity")
+def identity(
+    checkpoint: CheckpointOpt,
+    name: Annotated[str, typer.Option("--identity", help="identity name or index")],
+    start: Annotated[Path | None, typer.Option(
+        "--from-image", help="start from this face (another person) instead of noise")] = None,
+    steps: Annotated[int, typer.Option("--steps")] = 200,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    jitter: Annotated[int, typer.Option("--jitter", help="max shift in pixels (0: off)")] = 4,
+    blur_every: Annotated[int, typer.Option("--blur-every", help="0: off")] = 4,
+    blur_sigma: Annotated[float, typer.Option("--blur-sigma")] = 0.5,
+    tv_weight: Annotated[float, typer.Option("--tv-weight")] = 0.002,
+    l2_decay: Annotated[float, typer.Option("--l2-decay")] = 0.0,
+    objective: Annotated[str, typer.Option(
+        "--objective", help="score or log_softmax")] = "log_softmax",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="output PNG")] = Path("identity.png"),
+) -> None:
+    """Gradient ascent on the input toward one identity (softmax head), from noise or from
+    another person's face; writes the image and prints the decision on it."""
+    import torch
+
+    from advface.data.images import save_png
+    from advface.interpret.identity_viz import (
+        VizConfig,
+        identity_objective,
+        noise_start,
+        visualise_identity,
+    )
+    from advface.interpret.scoring import LogitScorer
+
+    model = _load_model(checkpoint)
+    scorer = LogitScorer(model)
+    size = int(model.input_size)
+    idx = _identity_index(scorer.class_names, name)
+    if start is not None:
+        x0, note = _load_image(start, size)
+        x0 = x0[None]
+        typer.echo(f"start: {start} ({note})")
+    else:
+        x0 = noise_start(1, size, seed=seed)
+    cfg = VizConfig(steps=steps, lr=lr, jitter=jitter, blur_every=blur_every,
+                    blur_sigma=blur_sigma, tv_weight=tv_weight, l2_decay=l2_decay)
+    res = visualise_identity(identity_objective(scorer, idx, objective), x0, cfg,  # type: ignore[arg-type]
+                             seed=seed, progress=True, model=model)
+    save_png(out, res.images[0])
+    with torch.no_grad():
+        probs = scorer(res.images).softmax(1)[0]
+    typer.echo(f"wrote {out}; p({scorer.class_names[idx]}) = {float(probs[idx]):.3f}, decision "
+               f"{scorer.class_names[int(probs.argmax())]}")
