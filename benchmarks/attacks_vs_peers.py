@@ -7,7 +7,7 @@ fresh subprocess so peak RSS (``resource.getrusage``; torch's CPU allocator is i
 tracemalloc) is measured in isolation. Prints a Markdown table.
 
     python benchmarks/attacks_vs_peers.py --model tiny [--size 64] [--batch-sizes 1 32]
-        [--steps 10] [--eps255 8] [--repeats 3] [--threads 2]
+        [--steps 10] [--eps255 8] [--repeats 3] [--rounds 3] [--threads 2]
 
 advface is timed twice: "same work" (one random start, no early stopping: the same number of
 gradient steps as the peers, plus one clean and one final forward pass) and "default"
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--eps255", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="fresh processes per library")
     ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
     ap.add_argument("--worker", nargs=2, metavar=("LIB", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -145,25 +146,39 @@ def main() -> None:
         "--threads", str(args.threads),
     ]
     print(f"PGD L-inf eps={args.eps255:g}/255, {args.steps} steps, alpha=eps/4, model "
-          f"{args.model} {args.size}x{args.size}, {args.threads} threads, "
-          f"median of {args.repeats}\n")
+          f"{args.model} {args.size}x{args.size}, {args.threads} threads, median of "
+          f"{args.rounds} processes x {args.repeats} timed runs\n")
     print("| library | batch | images/s | vs advface (same work) | peak RSS increase MiB "
           "| fooled |")
     print("|---|---:|---:|---:|---:|---:|")
     for batch in args.batch_sizes:
-        rows = {}
+        # Libraries take turns, round after round, so that load drifting on a shared machine
+        # hits them alike; speed is the median over rounds, memory the maximum.
+        runs: dict[str, list[dict[str, float]]] = {lib: [] for lib in args.libraries}
+        failed: dict[str, str] = {}
+        for _ in range(args.rounds):
+            for lib in args.libraries:
+                if lib in failed:
+                    continue
+                cmd = [sys.executable, __file__, *common, "--worker", lib, str(batch)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    failed[lib] = (out.stderr.strip().splitlines() or ["?"])[-1]
+                    continue
+                runs[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        speed = {
+            lib: statistics.median(r["images_per_s"] for r in rs) for lib, rs in runs.items() if rs
+        }
+        base = speed.get("advface-same-work")
         for lib in args.libraries:
-            cmd = [sys.executable, __file__, *common, "--worker", lib, str(batch)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                print(f"| {lib} | {batch} | failed: {out.stderr.strip().splitlines()[-1]} |||")
+            if lib in failed:
+                print(f"| {lib} | {batch} | failed: {failed[lib]} | | | |")
                 continue
-            rows[lib] = json.loads(out.stdout.strip().splitlines()[-1])
-        base = rows.get("advface-same-work", {}).get("images_per_s")
-        for lib, r in rows.items():
-            ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
-            print(f"| {lib} | {batch} | {r['images_per_s']:.1f} | {ratio} | "
-                  f"{r['peak_mib']:.1f} | {100 * r['fooled']:.0f}% |")
+            ratio = f"{speed[lib] / base:.2f}x" if base else "-"
+            peak = max(r["peak_mib"] for r in runs[lib])
+            fooled = runs[lib][-1]["fooled"]
+            print(f"| {lib} | {batch} | {speed[lib]:.1f} | {ratio} | {peak:.1f} | "
+                  f"{100 * fooled:.0f}% |")
 
 
 if __name__ == "__main__":

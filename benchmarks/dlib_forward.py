@@ -21,20 +21,19 @@ from advface.models.dlib_format import dlib_model_path
 from advface.models.dlib_resnet import DlibResNet, load_dlib_resnet
 
 
-def median_ms_per_image(fn: Callable[[], object], batch: int, repeats: int) -> float:
+def ms_per_image(fn: Callable[[], object], batch: int, repeats: int) -> str:
+    """'median / min' ms per image; the min is the better estimate when other jobs share the CPU."""
     fn()  # warm-up: allocator, oneDNN primitive caches
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
+    return f"{1000 * statistics.median(times) / batch:.1f} / {1000 * min(times) / batch:.1f}"
 
 
-def torch_row(model: DlibResNet, label: str, batch: int, repeats: int, channels_last: bool) -> str:
+def torch_row(model: DlibResNet, label: str, batch: int, repeats: int) -> str:
     x = torch.rand(batch, 3, 150, 150, generator=torch.Generator().manual_seed(0))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
 
     def forward() -> None:
         with torch.no_grad():
@@ -45,9 +44,9 @@ def torch_row(model: DlibResNet, label: str, batch: int, repeats: int, channels_
         xr = x.detach().requires_grad_(True)
         model(xr).sum().backward()
 
-    fwd = median_ms_per_image(forward, batch, repeats)
-    fb = median_ms_per_image(forward_backward, batch, repeats)
-    return f"| {label} | {batch} | {fwd:.2f} | {fb:.2f} |"
+    fwd = ms_per_image(forward, batch, repeats)
+    fb = ms_per_image(forward_backward, batch, repeats)
+    return f"| {label} | {batch} | {fwd} | {fb} |"
 
 
 def dlib_row(batch: int, repeats: int) -> str:
@@ -57,10 +56,10 @@ def dlib_row(batch: int, repeats: int) -> str:
     rng = np.random.default_rng(0)
     chips = [rng.integers(0, 256, (150, 150, 3), dtype=np.uint8) for _ in range(batch)]
     if batch == 1:
-        ms = median_ms_per_image(lambda: net.compute_face_descriptor(chips[0]), 1, repeats)
+        ms = ms_per_image(lambda: net.compute_face_descriptor(chips[0]), 1, repeats)
     else:
-        ms = median_ms_per_image(lambda: net.compute_face_descriptor(chips), batch, repeats)
-    return f"| dlib-bin compute_face_descriptor | {batch} | {ms:.2f} | n/a |"
+        ms = ms_per_image(lambda: net.compute_face_descriptor(chips), batch, repeats)
+    return f"| dlib-bin compute_face_descriptor | {batch} | {ms} | n/a |"
 
 
 def main() -> None:
@@ -73,19 +72,17 @@ def main() -> None:
 
     default = load_dlib_resnet()  # weights frozen: only input gradients
     trainable = load_dlib_resnet(trainable=True)
-    cl_weights = load_dlib_resnet().to(memory_format=torch.channels_last)
     variants = [
-        ("DlibResNet (default, frozen weights)", default, False),
-        ("DlibResNet, trainable weights", trainable, False),
-        ("DlibResNet, channels_last input+weights", cl_weights, True),
+        ("DlibResNet (default: frozen weights)", default),
+        ("DlibResNet, trainable weights", trainable),
     ]
     rows = [
-        "| implementation | batch | forward ms/img | forward+backward ms/img |",
+        "| implementation | batch | forward ms/img (median / min) | forward+backward ms/img |",
         "|---|---:|---:|---:|",
     ]
     for batch in args.batches:
-        for label, model, channels_last in variants:
-            rows.append(torch_row(model, label, batch, args.repeats, channels_last))
+        for label, model in variants:
+            rows.append(torch_row(model, label, batch, args.repeats))
         rows.append(dlib_row(batch, args.repeats))
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(

@@ -130,6 +130,7 @@ def test_fallback_used_and_counted_for_faceless_images(tiny_records, tmp_path):
     assert ci.fallback_count == sum(m == "fallback" for m in ci.methods.values()) >= 1
     entry = next(e for e in _index_lines(ci) if e["key"] == blank.key)
     assert entry["score"] is None and entry["landmarks"] is None and entry["n_faces"] == 0
+    assert entry["fallback_reason"] == "no face"
     # The documented crop: the fixed square resampled exactly as dlib resamples chips.
     img = load_rgb(blank_path)
     params = AlignParams()
@@ -172,6 +173,21 @@ def test_face_nearest_to_centre_is_chosen(real_records):
     assert d_mid < 0.5 * d_side
 
 
+def test_off_centre_face_is_not_taken_for_the_labelled_person(real_records):
+    """LFW centres the labelled face: a lone face in a corner is a bystander -> fallback."""
+    aligner = DlibAligner()
+    face = next(f for f in (load_rgb(r.path) for r in real_records)
+                if aligner.align(f).n_faces == 1)
+    canvas = np.full((500, 500, 3), 128, dtype=np.uint8)
+    canvas[:250, :250] = face
+    res = aligner.align(canvas)
+    assert res.method == "fallback" and res.fallback_reason == "only off-centre faces"
+    assert res.n_faces == 1
+    assert aligner.align(face).method == "dlib"  # the same face, centred, is accepted
+    lenient = DlibAligner(AlignParams(max_center_offset=0.5)).align(canvas)
+    assert lenient.method == "dlib"
+
+
 def test_unreadable_images_are_listed_not_dropped(real_records, tmp_path):
     bad = tmp_path / "src" / "Bad_Person" / "Bad_Person_0001.jpg"
     bad.parent.mkdir(parents=True)
@@ -195,8 +211,9 @@ def test_chipset_id_depends_on_parameters(tmp_path):
     assert chipset_id(AlignParams()) == chipset_id(AlignParams())
     ids = {chipset_id(p) for p in (AlignParams(), AlignParams(upsample=0),
                                    AlignParams(padding=0.2), AlignParams(size=112),
+                                   AlignParams(max_center_offset=0.3),
                                    AlignParams(version="other"))}
-    assert len(ids) == 5
+    assert len(ids) == 6
     assert (tmp_path / "chips").exists() is False
 
 

@@ -24,6 +24,7 @@ FAST: dict[str, dict[str, Any]] = {
     "deepfool": {"steps": 4, "candidates": 3},
     "square": {"max_queries": 12},
     "universal": {"epochs": 2, "batch_size": 2},
+    "noise": {},
 }
 CASES = [
     (name, norm)
@@ -74,7 +75,7 @@ def test_attack_invariants(
     assert torch.allclose(result.l2, l2_norm(adv - images))
     with torch.no_grad():
         assert torch.equal(result.success, goal.success(model(adv)))
-    counter = result.queries if name == "square" else result.iterations
+    counter = result.queries if name in ("square", "noise") else result.iterations
     assert counter is not None and counter.shape == (n,) and bool((counter >= 0).all())
     if attack.minimum_norm:
         assert result.min_eps is not None

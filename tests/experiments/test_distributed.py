@@ -15,6 +15,7 @@ import torch
 from advface.data.lfw import open_lfw
 from advface.data.splits import make_closed_set_split
 from advface.data.synthetic import make_tiny_lfw
+from advface.errors import AdvfaceError
 from advface.experiments.config import ExperimentConfig, load_experiment
 from advface.experiments.distributed import ChunkTask, compute_chunk, run_distributed
 from advface.experiments.runner import Runner, run_experiment
@@ -124,6 +125,10 @@ class CrashOnce(Counting):
         os._exit(1)
 
 
+def failing_task(runner: Runner, task: ChunkTask) -> list[dict]:
+    raise AdvfaceError("this attack cannot run here", fix="none: the test wants this error")
+
+
 def test_ray_run_equals_single_process_and_resumes(
         ray_local: None, cfg: ExperimentConfig, reference: Path, tmp_path: Path) -> None:
     calls = tmp_path / "calls"
@@ -181,3 +186,15 @@ def test_killed_worker_is_retried_without_loss_or_duplicates(
     got = table(run_dir)
     ref = {k: v for k, v in table(reference).items() if k[0] in {c for c, _ in got}}
     assert got == ref
+
+
+def test_task_errors_reach_the_caller_as_themselves(
+        ray_local: None, cfg: ExperimentConfig, tmp_path: Path) -> None:
+    small = cfg.model_copy(update={"attacks": [a for a in cfg.attacks if a.name == "fgsm"],
+                                   "models": [m for m in cfg.models if m.name == "soft"],
+                                   "transfer": []})
+    with pytest.raises(AdvfaceError, match="cannot run here"):
+        run_distributed(small, tmp_path / "run", num_workers=2, progress=False,
+                        log=lambda m: None, chunk_fn=failing_task)
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        assert store.rows() == [] and all(c["status"] == "pending" for c in store.cells())

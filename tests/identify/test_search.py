@@ -192,3 +192,15 @@ def test_input_validation() -> None:
         GalleryIndex(g, [0, 1, 2, 3], "cosine", kind="ivf", nlist=10)
     s, ids = index.search(np.ones((1, 3), np.float32), 6)  # k > gallery: padded
     assert (ids[0, 4:] == -1).all() and np.isneginf(s[0, 4:]).all()
+
+
+def test_callers_arrays_are_not_modified() -> None:
+    g, labels, centres = clustered(20, 2, 8, seed=13)
+    q, _ = probes_for(centres, 5, seed=14)
+    g0, q0 = g.copy(), q.copy()
+    index = GalleryIndex(g, labels, "cosine")  # normalises its own copy, not the caller's
+    index.add_distractors(g)
+    index.search(q, 3)
+    index.identity_rank_lists(torch.from_numpy(q), 3)
+    np.testing.assert_array_equal(g, g0)
+    np.testing.assert_array_equal(q, q0)

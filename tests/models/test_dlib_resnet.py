@@ -182,6 +182,9 @@ def test_gradients_not_disabled(model: DlibResNet) -> None:
     x = faces(1, seed=5).requires_grad_(True)
     model(x).norm().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    # Internally channels_last, but the caller's gradient is plain NCHW (attacks call .view).
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    assert grad.is_contiguous() and grad.view(1, -1).shape == (1, 3 * 150 * 150)
     # Weights are frozen by default: backward() leaves no weight gradients behind.
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     trainable = load_dlib_resnet(trainable=True)

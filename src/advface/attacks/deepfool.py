@@ -87,8 +87,8 @@ class DeepFool(Attack):
                 if t == self.steps or not bool(keep.any()):
                     break
                 step = self._boundary_step(q, scores, goal[idx], keep)
+            idx = idx[keep]
             iterations[idx] += 1
-            idx, q = idx[keep], q.detach()[keep]
             r_total[idx] += step
             x = project(images[idx], images[idx] + (1 + self.overshoot) * r_total[idx], self.budget)
         return tracker, {"iterations": iterations}

@@ -16,6 +16,7 @@ from advface.attacks.cw import CarliniWagnerL2
 from advface.attacks.deepfool import DeepFool
 from advface.attacks.fgsm import FGSM
 from advface.attacks.mifgsm import MIFGSM
+from advface.attacks.noise import RandomNoise
 from advface.attacks.pgd import PGD
 from advface.attacks.square import Square
 from advface.attacks.sweep import AttackFactory
@@ -31,6 +32,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "deepfool": DeepFool,
     "square": Square,
     "universal": UniversalPerturbation,
+    "noise": RandomNoise,
 }
 
 

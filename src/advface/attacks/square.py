@@ -5,6 +5,9 @@ attack keeps a current perturbation per image and proposes a change confined to 
 square window, accepting it when the goal margin improves. The window side shrinks as the query
 budget is spent (``p``, the fraction of pixels changed, halves at fixed fractions of the budget).
 
+With ``init`` (a sweep's warm start) the search starts from that image instead of the random
+initialisation below.
+
 * L-inf: vertical-stripe initialisation with +-eps per column and channel; a proposal sets the
   window to a random +-eps per channel (re-drawn if it would not change anything).
 * L2: initialisation with a grid of random-sign Gaussian bumps of norm eps; a proposal puts a
@@ -41,6 +44,7 @@ class Square(Attack):
     """Square attack; ``max_queries`` per image, ``p_init`` initial window area fraction."""
 
     name = "square"
+    supports_init = True
 
     def __init__(
         self,
@@ -87,7 +91,10 @@ class Square(Attack):
             return tracker, {"queries": queries}
 
         clean = images[active]
-        x = self.quantize(clean, clean + self._init_delta(clean, gen))
+        if init is None:
+            x = self.quantize(clean, clean + self._init_delta(clean, gen))
+        else:
+            x = self.quantize(clean, init[active].to(clean.dtype))
         scores = model(x)
         queries[active] += 1
         current = torch.zeros_like(images)

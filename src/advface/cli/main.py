@@ -33,8 +33,9 @@ app.command("results")(run_cli.results)
 @app.command("report")
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="run directory written by advface run"),
-    out: Path | None = typer.Option(None, "--out", help="report directory (default RUN_DIR/report)"),
-    notebook: bool = typer.Option(True, "--notebook/--no-notebook", help="also write an executed .ipynb"),
+    out: Path | None = typer.Option(None, "--out", help="report dir (default RUN_DIR/report)"),
+    notebook: bool = typer.Option(True, "--notebook/--no-notebook",
+                                  help="also write an executed .ipynb"),
 ) -> None:
     """Write the scientific report (self-contained HTML and an executed notebook) of a run."""
     from advface.cli.report import report

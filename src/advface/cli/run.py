@@ -10,8 +10,10 @@ from advface.errors import AdvfaceError
 
 
 def run(
-    config: Path = typer.Argument(..., help="experiment config (YAML), e.g. configs/lfw_default.yaml"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/<name>)"),
+    config: Path = typer.Argument(..., help="experiment config (YAML), e.g. "
+                                  "configs/lfw_default.yaml"),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="run directory (default runs/<name>)"),
     quick: bool = typer.Option(False, "--quick", help="apply the config's quick: preset (minutes)"),
     data: Path | None = typer.Option(None, "--data", help="override data.data_dir"),
     cache: Path | None = typer.Option(None, "--cache", help="override data.cache_dir"),
@@ -48,8 +50,8 @@ def results(
     parquet: Path | None = typer.Option(None, "--parquet", help="export rows to Parquet"),
 ) -> None:
     """Print the summary tables of a run (clean identification and every attack cell)."""
-    from advface.experiments.summary import format_summary
     from advface.experiments.store import ResultsStore
+    from advface.experiments.summary import format_summary
 
     db = Path(run_dir) / "results.sqlite"
     if not db.is_file():

@@ -39,7 +39,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -71,6 +71,9 @@ from advface.training.train import (
     pool_images,
     validation_accuracy,
 )
+
+if TYPE_CHECKING:
+    from advface.defences.evaluate import DefenceEvaluation
 
 AdvAttack = Literal["pgd", "fgsm-rs"]
 
@@ -271,7 +274,7 @@ def _init_from(model: AdHocNet, path: Path) -> None:
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # Distinct from the standard loop's stream, so adversarial noise never aliases it.
+    # Offset from the standard loop's per-epoch seed: a stream of its own for this loop.
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
 
 
@@ -479,7 +482,7 @@ def _num(v: float) -> float | None:
 
 
 def robust_probe_evaluation(model: AdHocNet, data: PreparedData, ev: RobustEvalConfig, *,
-                            seed: int = 0, progress: bool = False):
+                            seed: int = 0, progress: bool = False) -> DefenceEvaluation:
     """Clean, naive (PGD-``naive_steps``) and adaptive (PGD with restarts) probe accuracy."""
     from advface.defences.evaluate import default_attacks, evaluate_defence
     from advface.interpret.scoring import LogitScorer

@@ -155,6 +155,8 @@ class _NoStore:
     """Placeholder for the results store in the state shipped to workers."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # pickle and copy probe dunders; let them see "absent"
+            raise AttributeError(name)
         raise RuntimeError("a worker touched the results store; only the driver writes it")
 
 
@@ -363,6 +365,12 @@ def _drive(remote: Any, state_box: list[Any], tasks: list[ChunkTask], per_cell: 
                 task = inflight.pop(ref)
                 try:
                     cid, rows = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    # The task's own exception (e.g. a ConfigError) reaches the caller as itself.
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from err
+                    raise
                 except ray.exceptions.WorkerCrashedError as err:
                     raise AdvfaceError(
                         f"a Ray worker died {1 + max_retries} times on cell {task.cell.cid} "

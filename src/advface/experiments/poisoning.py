@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 def _poisoning_params(spec: AttackSpec) -> dict:
-    from advface.attacks.gallery_poisoning import GalleryPoisoning
     import inspect
+
+    from advface.attacks.gallery_poisoning import GalleryPoisoning
 
     accepted = {p.name for p in inspect.signature(GalleryPoisoning.__init__).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -109,7 +109,8 @@ class Runner:
     """Runs an ExperimentConfig into a run directory (see docs/run_dir.md)."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, progress: bool = True,
-                 log: ProgressFn | None = None, train_fn: Callable[..., Path] | None = None) -> None:
+                 log: ProgressFn | None = None,
+                 train_fn: Callable[..., Path] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress

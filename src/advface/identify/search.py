@@ -41,11 +41,17 @@ METRICS: tuple[str, ...] = ("cosine", "euclidean")
 DEFAULT_CHUNK_SIZE = 4096
 
 
-def _as_matrix(x: Any, dim: int | None, what: str) -> np.ndarray:
-    """Float32, C-contiguous ``(N, D)`` copy of a numpy array or (CPU) torch tensor."""
+def _as_matrix(x: Any, dim: int | None, what: str, *, writable: bool = False) -> np.ndarray:
+    """Float32, C-contiguous ``(N, D)`` view of a numpy array or (CPU) torch tensor.
+
+    A copy only when needed (dtype/layout, or ``writable`` for in-place normalisation): a
+    million 128-d distractors are 512 MB, so needless copies decide whether a gallery fits.
+    """
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    a = np.array(x, dtype=np.float32, order="C", copy=True)
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if writable and isinstance(x, np.ndarray) and np.shares_memory(a, x):
+        a = a.copy()
     if a.ndim != 2:
         raise ValueError(f"{what} must be a 2-D (N, D) matrix, got shape {a.shape}")
     if dim is not None and a.shape[1] != dim:
@@ -103,7 +109,8 @@ class GalleryIndex:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        emb = self._prepare(_as_matrix(embeddings, None, "gallery embeddings"), metric)
+        emb = self._prepare(_as_matrix(embeddings, None, "gallery embeddings",
+                                       writable=metric == "cosine"), metric)
         self.dim = int(emb.shape[1])
         if self.dim == 0:
             raise ValueError("gallery embeddings have zero columns")
@@ -124,7 +131,8 @@ class GalleryIndex:
         self.nlist: int | None = None
         if kind == "ivf":
             train = emb if train_vectors is None else self._prepare(
-                _as_matrix(train_vectors, self.dim, "train_vectors"), metric)
+                _as_matrix(train_vectors, self.dim, "train_vectors",
+                           writable=metric == "cosine"), metric)
             self.nlist = int(nlist) if nlist is not None else default_nlist(train.shape[0])
             if self.nlist < 1 or train.shape[0] < self.nlist:
                 raise ValueError(f"IVF with nlist={self.nlist} needs at least that many "
@@ -154,6 +162,7 @@ class GalleryIndex:
             faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, self._faiss_metric)
         index.cp.seed = self.seed
+        index.cp.spherical = self.metric == "cosine"  # centroids stay on the unit sphere
         index.train(train)
         self._quantizer = quantizer  # the IVF index does not own it
         return index
@@ -183,7 +192,8 @@ class GalleryIndex:
 
     def add(self, embeddings: Any, labels: Any) -> np.ndarray:
         """Enrol more images of given identities; returns their new ids."""
-        emb = self._prepare(_as_matrix(embeddings, self.dim, "embeddings"), self.metric)
+        emb = self._prepare(_as_matrix(embeddings, self.dim, "embeddings",
+                                       writable=self.metric == "cosine"), self.metric)
         return self._add_prepared(emb, _as_ids(labels, "labels"))
 
     def add_distractors(self, embeddings: Any) -> np.ndarray:
@@ -193,7 +203,8 @@ class GalleryIndex:
         the probes: every distractor can take a rank). Returns the new ids; their labels are
         :meth:`labels_of` those ids.
         """
-        emb = self._prepare(_as_matrix(embeddings, self.dim, "embeddings"), self.metric)
+        emb = self._prepare(_as_matrix(embeddings, self.dim, "embeddings",
+                                       writable=self.metric == "cosine"), self.metric)
         labels = np.arange(self._next_label, self._next_label + emb.shape[0], dtype=np.int64)
         return self._add_prepared(emb, labels)
 
@@ -268,7 +279,8 @@ class GalleryIndex:
         return scores, ids.astype(np.int64)
 
     def _queries(self, queries: Any) -> np.ndarray:
-        return self._prepare(_as_matrix(queries, self.dim, "queries"), self.metric)
+        return self._prepare(_as_matrix(queries, self.dim, "queries",
+                                        writable=self.metric == "cosine"), self.metric)
 
     def search(self, queries: Any, k: int, *, chunk_size: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

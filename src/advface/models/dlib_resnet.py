@@ -7,12 +7,15 @@ tests/models/test_dlib_reference.py), including its two quirks: input scaling
 (extra channels, extra bottom/right rows and columns) instead of using a projection.
 
 Each dlib `affine_` (a frozen batch norm) is folded into the preceding convolution when loading:
-mathematically identical, one op fewer per layer in forward and backward.
+mathematically identical, one op fewer per layer in forward and backward. On CPU, float32
+activations run in channels_last layout (faster oneDNN convolutions); inputs and input
+gradients keep the caller's layout.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +71,28 @@ def zero_extended_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return extend(a) + extend(b)
 
 
+class _ChannelsLast(torch.autograd.Function):
+    """Switch to channels_last for the convs, hand the gradient back in the caller's layout.
+
+    oneDNN's CPU convolutions run ~30-40% faster on channels_last input, but a gradient in that
+    layout breaks caller code such as `grad.view(n, -1)` (used by L2 attacks), so the backward
+    returns a standard contiguous tensor.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def _wants_channels_last(x: torch.Tensor) -> bool:
+    exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not exporting
+
+
 class DlibBlock(nn.Module):
     """Residual block: conv-affine-relu-conv-affine (+ shortcut), relu.
 
@@ -119,7 +144,10 @@ class DlibResNet(nn.Module):
             raise ValueError(
                 f"expected (N, 3, 150, 150) RGB face chips, got shape {tuple(x.shape)}"
             )
-        h = F.relu(self.stem(self.normalize(x)))
+        h = self.normalize(x)
+        if _wants_channels_last(h):
+            h = _ChannelsLast.apply(h)
+        h = F.relu(self.stem(h))
         h = F.max_pool2d(h, 3, 2)
         h = self.blocks(h)
         return self.fc(h.mean(dim=(2, 3)))
