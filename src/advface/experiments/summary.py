@@ -67,7 +67,10 @@ def verification_table(run_dir: Path) -> str:
 
 def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
     rows = []
-    for s in store.summary():
+    order = sorted(store.summary(), key=lambda s: (s["model"], s["surface"], s["attack"],
+                                                   s["goal"], s["norm"] or "",
+                                                   -1.0 if s["eps"] is None else s["eps"]))
+    for s in order:
         data = store.rows(s["cell_id"])
         clean_ok = [r for r in data if r["clean_pred"] == r["true_label"]]
         robust = (sum(1 for r in data if r["adv_pred"] == r["true_label"]) / len(data)
@@ -80,7 +83,7 @@ def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
         rows.append([s["model"], s["attack"], s["goal"], s["surface"], s["norm"],
                      "-" if eps is None else f"{eps * 255:g}", s["n"], s["status"], clean_acc,
                      robust, None if not n_ids else 1.0 / n_ids, ci, s.get("median_linf"),
-                     s.get("median_l2"), s.get("mean_ssim"), s.get("mean_psnr")])
+                     s.get("median_l2"), s.get("mean_ssim"), s.get("median_psnr")])
     return rows
 
 
@@ -104,6 +107,6 @@ def format_summary(run_dir: Path) -> str:
         parts += ["", "## Attack cells (norms in 8-bit units; robust acc beside random 1/C)",
                   table(["model", "attack", "goal", "surface", "norm", "eps", "n", "status",
                          "clean acc", "robust acc", "random", "success [95% CI]",
-                         "med Linf", "med L2", "SSIM", "PSNR"], rows)
+                         "med Linf", "med L2", "mean SSIM", "med PSNR"], rows)
                   if rows else "(no attack cells)"]
     return "\n".join(parts)

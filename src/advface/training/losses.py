@@ -70,8 +70,8 @@ def arcface_logits(
 class ClassificationLoss(nn.Module):
     """Loss on a head's output: ``softmax`` (logits) or ``cosface``/``arcface`` (cosines).
 
-    ``train_logits`` are what the cross-entropy sees (with the margin); training accuracy is
-    measured on them too, so it is a pessimistic estimate of the margin-free accuracy.
+    ``train_logits`` are what the cross-entropy sees (with the margin on the true class only);
+    decisions (accuracy, inference) use the margin-free head output.
     """
 
     def __init__(

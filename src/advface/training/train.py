@@ -379,7 +379,11 @@ def _train_epoch(
     small: torch.Tensor, epoch: int, step: int, total_steps: int, steps_per_epoch: int,
     loss_fn: ClassificationLoss | None, deadline: float | None, progress: bool,
 ) -> tuple[dict[str, float], int, bool]:
-    """One epoch; returns (stats, new step, finished). ``finished`` is False past the deadline."""
+    """One epoch; returns (stats, new step, finished). ``finished`` is False past the deadline.
+
+    ``train_acc`` is the margin-free head accuracy on the augmented batches; for the
+    contrastive loss it is the share of sampled pairs on the right side of ``margin / 2``.
+    """
     g = _epoch_generator(cfg.seed, epoch)
     labels = data.gallery_labels[data.train_idx]
     order = epoch_order(labels, cfg, steps_per_epoch * cfg.batch_size, g)
