@@ -9,7 +9,7 @@ from advface.attacks import PGD, Budget, DeepFool, registry
 from advface.cli.main import app
 from advface.errors import AdvfaceError, ConfigError
 
-REQUIRED = {"fgsm", "bim", "pgd", "mifgsm", "cw", "deepfool", "square", "universal"}
+REQUIRED = {"fgsm", "bim", "pgd", "mifgsm", "cw", "deepfool", "square", "universal", "noise"}
 
 
 def test_registry_names_and_creation() -> None:

@@ -27,6 +27,14 @@ def test_evaluate_writes_naive_and_adaptive_numbers(standard_run: Path, tmp_path
     assert names == {"naive-transfer", "naive-direct", "adaptive"}
     assert doc["none"]["n_images"] == 3  # one probe per person
     assert "worst-case" in res.output
+    # A rerun with the same settings reuses the finished defences instead of recomputing.
+    again = runner.invoke(app, [
+        "evaluate", "--checkpoint", str(standard_run), "--defence", "bit-depth", "--bits", "4",
+        "--eps", "8", "--naive-steps", "2", "--steps", "3", "--restarts", "0", "--threads",
+        "1", "--quiet", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert f"(from {out})" in again.output
+    assert json.loads(out.read_text())["results"]["bit-depth"] == doc["bit-depth"]
 
 
 def test_detect_reports_an_auc(standard_run: Path) -> None:

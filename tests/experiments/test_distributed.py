@@ -198,3 +198,16 @@ def test_task_errors_reach_the_caller_as_themselves(
                         log=lambda m: None, chunk_fn=failing_task)
     with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
         assert store.rows() == [] and all(c["status"] == "pending" for c in store.cells())
+
+
+def test_worker_deaths_beyond_max_retries_say_how_to_resume(
+        ray_local: None, cfg: ExperimentConfig, tmp_path: Path) -> None:
+    small = cfg.model_copy(update={"attacks": [a for a in cfg.attacks if a.name == "fgsm"],
+                                   "models": [m for m in cfg.models if m.name == "soft"],
+                                   "transfer": []})
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    with pytest.raises(AdvfaceError, match="retried 0 times") as err:
+        run_distributed(small, tmp_path / "run", num_workers=1, shard_size=4, max_retries=0,
+                        progress=False, log=lambda m: None, chunk_fn=CrashOnce(calls))
+    assert "resume" in str(err.value)

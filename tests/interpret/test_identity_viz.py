@@ -68,3 +68,15 @@ def test_tv_prior_makes_smoother_images() -> None:
     a = visualise_identity(obj, start, free).images
     b = visualise_identity(obj, start, smooth).images
     assert float(total_variation(b)) < float(total_variation(a))
+
+
+def test_priors_on_the_change_keep_the_start_face() -> None:
+    model = SmoothNet().eval()
+    face = images(1, seed=4)
+    obj = identity_objective(model, 2, "log_softmax")
+    cfg = VizConfig(steps=30, jitter=0, blur_every=2, blur_sigma=1.0, tv_weight=0.0)
+    on_image = visualise_identity(obj, face, cfg).images
+    on_change = visualise_identity(obj, face, VizConfig(**{**cfg.__dict__,
+                                                           "prior_on": "change"})).images
+    # Blurring the whole image erases the face; blurring only the edit keeps it.
+    assert (on_change - face).abs().mean() < 0.5 * (on_image - face).abs().mean()

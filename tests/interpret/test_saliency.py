@@ -77,6 +77,12 @@ def test_shapes_default_target_and_vanilla_gradient() -> None:
     m = heatmap(g)
     assert m.shape == (5, 16, 16) and m.min() >= 0 and m.max() <= 1
     assert torch.allclose(m.flatten(1).amax(1), torch.ones(5))
+    smooth = heatmap(g, smooth=1.5)
+    assert smooth.shape == m.shape
+    def tv(t: torch.Tensor) -> float:
+        return float((t[:, 1:] - t[:, :-1]).abs().sum() + (t[:, :, 1:] - t[:, :, :-1]).abs().sum())
+
+    assert tv(smooth) < tv(m)
 
 
 def test_smoothgrad_is_seeded_and_batch_independent() -> None:

@@ -132,6 +132,12 @@ def test_schedule_and_sampling_are_pure_functions(tiny_lfw: Path, tmp_path: Path
     drawn = epoch_order(labels, bal, 4000, torch.Generator().manual_seed(0))
     share = float((labels[drawn] == 1).float().mean())
     assert 0.45 < share < 0.55  # classes equally likely despite 9:1 images
+    pk = config(tiny_lfw, tmp_path, sampling="pk", batch_size=8, pk_images=4)
+    labels = torch.tensor([0] * 10 + [1] * 2 + [2] * 5)
+    drawn = labels[epoch_order(labels, pk, 40, torch.Generator().manual_seed(0))].view(-1, 2, 4)
+    assert drawn.shape == (5, 2, 4)
+    assert bool((drawn == drawn[:, :, :1]).all())  # each group of K is one person
+    assert bool((drawn[:, 0, 0] != drawn[:, 1, 0]).all())  # P distinct people per batch
 
 
 def test_cli_train_and_eval(tiny_lfw: Path, tmp_path: Path) -> None:
@@ -152,3 +158,15 @@ def test_cli_train_and_eval(tiny_lfw: Path, tmp_path: Path) -> None:
     assert "gallery NN" in res.output and "random" in res.output
     saved = json.loads((tmp_path / "cli" / "eval.json").read_text())
     assert f"{saved['gallery_nn']['rank_k']['1']:.3f}" in res.output
+
+
+@pytest.mark.parametrize("name", ["train_adhoc.yaml", "train_adhoc_min10.yaml",
+                                  "train_siamese.yaml"])
+def test_shipped_presets_are_valid(name: str) -> None:
+    from advface.training.train import load_train_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    cfg = load_train_config(path)
+    assert cfg.time_budget_minutes is not None and cfg.time_budget_minutes <= 20
+    assert cfg.data.probes_per_person == 1 and cfg.data.seed == 0
+    assert (cfg.loss.kind == "contrastive") == (name == "train_siamese.yaml")

@@ -37,13 +37,14 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
-def _write(out: Path | None, doc: object) -> None:
+def _write(out: Path | None, doc: object, *, quiet: bool = False) -> None:
     if out is None:
         return
     from advface.models.adhoc import atomic_write_bytes
 
     atomic_write_bytes(out, json.dumps(doc, indent=2).encode())
-    typer.echo(f"wrote {out}")
+    if not quiet:
+        typer.echo(f"wrote {out}")
 
 
 @app.command("advtrain")
@@ -134,9 +135,20 @@ def evaluate(
     params = {"jpeg": {"quality": quality}, "bit-depth": {"bits": bits},
               "median": {"size": median_size}, "resize-pad": {"min_scale": min_scale,
                                                               "seed": seed}}
-    results = {}
+    settings = {"eps": _eps_list(eps), "naive_steps": naive_steps, "steps": steps,
+                "restarts": restarts, "eot": eot, "eval_draws": eval_draws,
+                "n_images": int(images.shape[0]), "seed": seed}
+    # Each finished defence is written at once; a rerun with the same --out and settings
+    # skips the defences already done (an interrupted evaluation resumes).
+    results = _previous_results(out, checkpoint, settings)
     for name in defence or ["none"]:
         key = name.lower()
+        if key in results and results[key].get("params") == params.get(key, {}):
+            from advface.defences.evaluate import DefenceEvaluation
+
+            doc = {k: v for k, v in results[key].items() if k != "params"}
+            typer.echo(DefenceEvaluation(**doc).table() + "\n(from " + str(out) + ")\n")
+            continue
         if key == "none":
             defended = scorer
         else:
@@ -144,13 +156,29 @@ def evaluate(
         plans = default_attacks(defended, has_undefended=key != "none",
                                 naive_steps=naive_steps, adaptive_steps=steps,
                                 adaptive_restarts=restarts, eot_samples=eot)
-        res = evaluate_defence(defended, images, labels, eps_8bit=_eps_list(eps),
+        res = evaluate_defence(defended, images, labels, eps_8bit=settings["eps"],
                                attacks=plans, seed=seed, batch_size=batch_size,
                                eval_draws=eval_draws, progress=not quiet)
         typer.echo(res.table())
         typer.echo("")
-        results[key] = res.to_json()
-    _write(out, {"checkpoint": str(checkpoint), "results": results})
+        results[key] = {**res.to_json(), "params": params.get(key, {})}
+        _write(out, {"checkpoint": str(checkpoint), "settings": settings, "results": results},
+               quiet=True)
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+def _previous_results(out: Path | None, checkpoint: Path, settings: dict) -> dict:
+    """Results already in ``out`` for the same checkpoint and settings (else empty)."""
+    if out is None or not out.is_file():
+        return {}
+    try:
+        doc = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if doc.get("checkpoint") != str(checkpoint) or doc.get("settings") != settings:
+        return {}
+    return dict(doc.get("results", {}))
 
 
 @app.command("detect")

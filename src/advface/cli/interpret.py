@@ -73,6 +73,9 @@ def saliency(
     baseline: Annotated[str, typer.Option("--baseline", help="IG baseline: black or blur")
                         ] = "black",
     alpha: Annotated[float, typer.Option("--alpha", help="overlay opacity")] = 0.6,
+    smooth: Annotated[float, typer.Option(
+        "--smooth", help="Gaussian sigma (pixels) applied to the map; removes the grid "
+        "pattern of the ad-hoc model's 150->64 px pooling")] = 1.5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write a heat-map overlay of which pixels drive the model's identity score."""
@@ -107,7 +110,7 @@ def saliency(
         attr = integrated_gradients(scorer, x, t, baseline=baseline, steps=steps)  # type: ignore[arg-type]
     else:
         raise AdvfaceError(f"unknown method {method!r}", fix="use vanilla, smoothgrad or ig")
-    heat = heatmap(attr)[0]
+    heat = heatmap(attr, smooth=smooth)[0]
     path = out or image.with_name(f"{image.stem}_{method}.png")
     save_png(path, overlay(x[0], heat, alpha=alpha))
     top = probs.topk(min(3, probs.numel()))
@@ -126,12 +129,13 @@ def identity(
     steps: Annotated[int, typer.Option("--steps")] = 200,
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
     jitter: Annotated[int, typer.Option("--jitter", help="max shift in pixels (0: off)")] = 4,
-    blur_every: Annotated[int, typer.Option("--blur-every", help="0: off")] = 4,
+    blur_every: Annotated[int, typer.Option("--blur-every", help="0: off")] = 8,
     blur_sigma: Annotated[float, typer.Option("--blur-sigma")] = 0.5,
     tv_weight: Annotated[float, typer.Option("--tv-weight")] = 0.002,
     l2_decay: Annotated[float, typer.Option("--l2-decay")] = 0.0,
-    objective: Annotated[str, typer.Option(
-        "--objective", help="score or log_softmax")] = "log_softmax",
+    objective: Annotated[str | None, typer.Option(
+        "--objective", help="score or log_softmax (default: score from noise, log_softmax "
+        "from a face, where only the change toward the target matters)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Path, typer.Option("--out", help="output PNG")] = Path("identity.png"),
 ) -> None:
@@ -158,9 +162,12 @@ def identity(
         typer.echo(f"start: {start} ({note})")
     else:
         x0 = noise_start(1, size, seed=seed)
+    # From a face, the priors regularise the edit, not the face itself.
     cfg = VizConfig(steps=steps, lr=lr, jitter=jitter, blur_every=blur_every,
-                    blur_sigma=blur_sigma, tv_weight=tv_weight, l2_decay=l2_decay)
-    res = visualise_identity(identity_objective(scorer, idx, objective), x0, cfg,  # type: ignore[arg-type]
+                    blur_sigma=blur_sigma, tv_weight=tv_weight, l2_decay=l2_decay,
+                    prior_on="change" if start is not None else "image")
+    kind = objective or ("log_softmax" if start is not None else "score")
+    res = visualise_identity(identity_objective(scorer, idx, kind), x0, cfg,  # type: ignore[arg-type]
                              seed=seed, progress=True, model=model)
     save_png(out, res.images[0])
     with torch.no_grad():

@@ -19,6 +19,11 @@ def run(
     cache: Path | None = typer.Option(None, "--cache", help="override data.cache_dir"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ray: bool = typer.Option(False, "--ray", help="spread the attack grid over Ray workers "
+                             "(local Ray unless --ray-address)"),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="address of an existing Ray cluster"),
+    workers: int | None = typer.Option(None, "--workers", help="Ray workers (default: cores)"),
 ) -> None:
     """Run (or resume) a study: every cell is computed once; rerun after a crash to resume."""
     from advface.experiments.config import load_experiment
@@ -34,7 +39,13 @@ def run(
             upd["cache_dir"] = cache
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=upd)})
     run_dir = out or Path("runs") / (cfg.name + ("-quick" if quick else ""))
-    run_experiment(cfg, run_dir, progress=progress, train_fn=train_from_spec)
+    if ray or ray_address:
+        from advface.experiments.distributed import run_distributed
+
+        run_distributed(cfg, run_dir, ray_address=ray_address, num_workers=workers,
+                        progress=progress)
+    else:
+        run_experiment(cfg, run_dir, progress=progress, train_fn=train_from_spec)
     typer.echo(f"run finished: {run_dir}")
     results(run_dir, csv=None, parquet=None)
     if report:

@@ -44,6 +44,7 @@ from advface.errors import AdvfaceError
 from advface.experiments.config import AttackSpec, ExperimentConfig
 from advface.experiments.runner import Runner, RunState, _chunks, _now
 from advface.experiments.store import cell_id
+from advface.experiments.training import train_from_spec
 
 CellKind = Literal["probe", "mineps", "gallery"]
 Rows = list[dict[str, Any]]
@@ -304,7 +305,8 @@ def run_distributed(
     if gpus_per_task is None:
         gpus_per_task = 1.0 if cfg.device.startswith("cuda") else 0.0
     say = log or (lambda msg: print(msg, flush=True))
-    runner = Runner(cfg, Path(run_dir), progress=progress, log=say)
+    runner = Runner(cfg, Path(run_dir), progress=progress, log=say,
+                    train_fn=train_from_spec)
     runner.setup()
     runner.load_models()
     runner.clean_eval()
@@ -371,10 +373,10 @@ def _drive(remote: Any, state_box: list[Any], tasks: list[ChunkTask], per_cell: 
                     if isinstance(cause, Exception):
                         raise cause from err
                     raise
-                except ray.exceptions.WorkerCrashedError as err:
+                except ray.exceptions.RayError as err:  # worker/node died, out of memory...
                     raise AdvfaceError(
-                        f"a Ray worker died {1 + max_retries} times on cell {task.cell.cid} "
-                        f"chunks {list(task.chunks)}",
+                        f"Ray could not finish cell {task.cell.cid} chunks {list(task.chunks)} "
+                        f"(retried {max_retries} times): {type(err).__name__}: {err}",
                         fix="rerun the same command to resume (finished chunks are kept); "
                         "raise max_retries or look for what kills the workers (memory?)",
                     ) from err

@@ -13,6 +13,10 @@ applied, each switchable:
 * **L2 decay**: after each step the image shrinks toward mid-grey,
   ``x <- 0.5 + (1 - l2_decay) (x - 0.5)`` (keeps only pixels the objective keeps pushing).
 
+With ``prior_on="change"`` (meant for starting from a face) blur, total variation and decay act
+on the *change* ``x - start`` instead of the image, so the start face is kept sharp and only
+the edit toward the target identity is regularised (decay then pulls back toward the start).
+
 Starting from noise shows the identity's prototype; starting from *another person's face* shows
 which changes turn that face into the target (a large-budget, visible impersonation). Every
 result is an image in [0, 1]; identical inputs and seed give identical outputs.
@@ -44,11 +48,12 @@ class VizConfig:
     steps: int = 200
     lr: float = 0.05
     jitter: int = 4
-    blur_every: int = 4
+    blur_every: int = 8
     blur_sigma: float = 0.5
     tv_weight: float = 0.002
     l2_decay: float = 0.0
     grad_clip: float | None = None
+    prior_on: Literal["image", "change"] = "image"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
@@ -57,6 +62,8 @@ class VizConfig:
         if self.jitter < 0 or self.blur_every < 0 or self.blur_sigma < 0:
             raise AdvfaceError("jitter, blur_every and blur_sigma must be >= 0",
                                fix="use 0 to switch a prior off")
+        if self.prior_on not in ("image", "change"):
+            raise AdvfaceError(f"unknown prior_on {self.prior_on!r}", fix="use image or change")
         if self.tv_weight < 0 or not 0 <= self.l2_decay < 1:
             raise AdvfaceError("need tv_weight >= 0 and 0 <= l2_decay < 1",
                                fix="e.g. tv_weight=0.05, l2_decay=0.01")
@@ -163,6 +170,13 @@ def visualise_identity(
                            fix="use noise_start(n, size) or a batch of face images")
     gen = torch.Generator().manual_seed(int(seed))
     x = init.detach().clone().float().clamp(0.0, 1.0).requires_grad_(True)
+    # Blur and TV act on x - anchor; decay pulls toward decay_to (grey, or the start image).
+    if cfg.prior_on == "change":
+        anchor = init.detach().float().clamp(0.0, 1.0)
+        decay_to = anchor
+    else:
+        anchor = torch.zeros_like(x.detach())
+        decay_to = torch.full_like(anchor, 0.5)
     opt = torch.optim.Adam([x], lr=cfg.lr)
     history = []
     ctx = eval_mode(model) if model is not None else contextlib.nullcontext()
@@ -176,7 +190,7 @@ def visualise_identity(
             obj = objective(inp)
             loss = -obj.sum()
             if cfg.tv_weight > 0:
-                loss = loss + cfg.tv_weight * total_variation(x).sum()
+                loss = loss + cfg.tv_weight * total_variation(x - anchor).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None and x.grad is not None:
@@ -184,9 +198,10 @@ def visualise_identity(
             opt.step()
             with torch.no_grad():
                 if cfg.l2_decay > 0:
-                    x.sub_(0.5).mul_(1.0 - cfg.l2_decay).add_(0.5)
+                    x.sub_(decay_to).mul_(1.0 - cfg.l2_decay).add_(decay_to)
                 if cfg.blur_every and cfg.blur_sigma > 0 and (step + 1) % cfg.blur_every == 0:
-                    x.copy_(gaussian_blur(x, torch.full((x.shape[0],), cfg.blur_sigma)))
+                    sigma = torch.full((x.shape[0],), cfg.blur_sigma)
+                    x.copy_(anchor + gaussian_blur(x - anchor, sigma))
                 x.clamp_(0.0, 1.0)
             history.append(obj.detach().float())
         with torch.no_grad():

@@ -222,14 +222,17 @@ def completeness_gap(
 # --------------------------------------------------------------------------- maps and overlays
 
 
-def heatmap(attributions: Tensor, reduce: Reduce = "max-abs", clip_percentile: float = 99.0
-            ) -> Tensor:
+def heatmap(attributions: Tensor, reduce: Reduce = "max-abs", clip_percentile: float = 99.0,
+            smooth: float = 0.0) -> Tensor:
     """Attributions ``(N, C, H, W)`` -> per-pixel importance ``(N, H, W)`` in [0, 1].
 
     Channels are reduced (max of absolute values, as Simonyan et al.; or sum of absolute
     values, L2 norm, signed sum clipped at 0), then each map is divided by its
     ``clip_percentile`` percentile and clipped, so a handful of extreme pixels does not make the
-    rest of the map invisible (Smilkov et al.'s visualisation).
+    rest of the map invisible (Smilkov et al.'s visualisation). ``smooth`` > 0 blurs the map
+    with a Gaussian of that sigma (pixels) first: models that area-pool their input by a
+    non-integer factor (the ad-hoc model: 150 -> 64 px) have gradients on a regular grid of
+    pixels shared by two pooling windows, an aliasing pattern that smoothing removes.
     """
     if attributions.ndim == 3:
         attributions = attributions[:, None]
@@ -252,6 +255,9 @@ def heatmap(attributions: Tensor, reduce: Reduce = "max-abs", clip_percentile: f
     if not 0 < clip_percentile <= 100:
         raise AdvfaceError(f"clip_percentile must be in (0, 100], got {clip_percentile}",
                            fix="e.g. 99")
+    if smooth > 0:
+        sigma = min(smooth, (min(m.shape[-2:]) - 1) / 3.0)
+        m = gaussian_blur(m[:, None], torch.full((m.shape[0],), sigma))[:, 0]
     flat = m.flatten(1)
     scale = torch.quantile(flat, clip_percentile / 100.0, dim=1).clamp_min(1e-12)
     return (m / scale[:, None, None]).clamp(0.0, 1.0)

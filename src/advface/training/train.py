@@ -111,11 +111,13 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = Field(0.2, ge=0, lt=1, description="share of steps warming up")
-    sampling: Literal["natural", "sqrt", "balanced"] = Field(
+    sampling: Literal["natural", "sqrt", "balanced", "pk"] = Field(
         "sqrt",
         description="natural: each image once per epoch; sqrt/balanced: draw images with class "
-        "probability proportional to sqrt(n_class)/uniform (George_W_Bush has 530 images)",
+        "probability proportional to sqrt(n_class)/uniform (George_W_Bush has 530 images); "
+        "pk: batches of batch_size/pk_images people with pk_images images each (siamese)",
     )
+    pk_images: int = Field(4, ge=2, description="images per person in a 'pk' batch")
     samples_per_epoch: int | None = Field(None, ge=2, description="default: training images")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without "
                                  "validation improvement (null: never)")
@@ -129,6 +131,8 @@ class TrainConfig(StrictModel):
     def _consistent(self) -> TrainConfig:
         if len(self.model.widths) != len(self.model.blocks):
             raise ValueError("model.widths and model.blocks must have the same length")
+        if self.sampling == "pk" and self.batch_size % self.pk_images:
+            raise ValueError("with sampling 'pk', batch_size must be a multiple of pk_images")
         if self.model.internal_size % 2 ** len(self.model.widths):
             raise ValueError(f"model.internal_size must be divisible by "
                              f"{2 ** len(self.model.widths)} (each stage halves it)")
@@ -179,6 +183,8 @@ def epoch_order(
 ) -> torch.Tensor:
     """Indices (into ``labels``) drawn for one epoch according to ``cfg.sampling``."""
     n = labels.numel()
+    if cfg.sampling == "pk":
+        return _pk_order(labels, cfg.batch_size, cfg.pk_images, n_samples, g)
     if cfg.sampling == "natural" and n_samples == n:
         return torch.randperm(n, generator=g)
     if cfg.sampling == "natural":
@@ -187,6 +193,26 @@ def epoch_order(
     power = 0.5 if cfg.sampling == "sqrt" else 0.0
     weights = counts[labels] ** (power - 1.0)  # class mass ~ n_c ** power
     return torch.multinomial(weights, n_samples, replacement=True, generator=g)
+
+
+def _pk_order(labels: torch.Tensor, batch_size: int, k: int, n_samples: int,
+              g: torch.Generator) -> torch.Tensor:
+    """P x K batches: P distinct people (all people reshuffled per batch) with K images each,
+    drawn with replacement, so every batch holds same-person pairs for a pair loss."""
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    n_classes, p = counts.numel(), batch_size // k
+    batches = []
+    for _ in range(max(1, n_samples // batch_size)):
+        if p <= n_classes:
+            cls = torch.randperm(n_classes, generator=g)[:p]
+        else:
+            cls = torch.randint(n_classes, (p,), generator=g)
+        r = (torch.rand(p, k, generator=g) * counts[cls, None]).long()
+        r = torch.minimum(r, counts[cls, None] - 1)
+        batches.append(order[starts[cls, None] + r].flatten())
+    return torch.cat(batches)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
