@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from advface.config import ConfigPath, DataConfig, StrictModel, load_yaml
+from advface.config import ConfigPath, DataConfig, StrictModel, load_yaml, parse_config
 
 Goal = Literal["dodging", "impersonation"]
 Surface = Literal["probe", "gallery"]
@@ -119,6 +119,7 @@ class ExperimentConfig(StrictModel):
 
 def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfig:
     """Load an experiment config; with ``quick`` apply its ``quick:`` overrides."""
+    path = Path(path).resolve()  # absolute base: relative paths resolve once, the same way
     cfg = load_yaml(path, ExperimentConfig)
     if not quick:
         return cfg
@@ -140,4 +141,4 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfi
     if keep is not None:
         names = {a["name"] for a in data["attacks"]}
         data["transfer"] = [t for t in data["transfer"] if t["attack"] in names]
-    return ExperimentConfig.model_validate(data)
+    return parse_config(data, ExperimentConfig, path=path)
