@@ -63,3 +63,18 @@ def test_unknown_model_refused() -> None:
     assert "dlib" in (info.value.fix or "")
     with pytest.raises(CheckpointError, match=r"\.onnx"):
         load_face_model("weights.pt")
+
+
+def test_registry_loads_an_adhoc_checkpoint_by_path(tmp_path) -> None:
+    import torch
+
+    from advface.models.adhoc import AdHocArch, AdHocNet, save_adhoc
+    from advface.models.registry import load_face_model
+
+    torch.manual_seed(0)
+    net = AdHocNet(AdHocArch(n_classes=3, widths=(8,), blocks=(1,), internal_size=16,
+                             embedding_dim=8), class_names=["a", "b", "c"]).eval()
+    weights = save_adhoc(net, tmp_path / "m")
+    loaded = load_face_model(weights)
+    x = torch.rand(2, 3, 150, 150)
+    assert torch.equal(loaded(x), net(x))

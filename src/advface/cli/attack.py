@@ -12,7 +12,8 @@ import typer
 
 from advface.attacks import registry
 
-app = typer.Typer(help="attack commands", no_args_is_help=True)
+app = typer.Typer(help="List the attacks and their hyper-parameters (for experiment configs).",
+                  no_args_is_help=True)
 
 
 def _summary(cls: type) -> str:

@@ -216,15 +216,18 @@ def detect(
     probes = run_data.probe_images.to(torch.float32) / 255.0
     typer.echo(f"threshold {thr:.4f} (fitted on {val.shape[0]} clean validation images, "
                f"target FPR {fpr:g})")
+    with torch.no_grad():
+        clean_ok = scorer(probes).argmax(1) == run_data.probe_labels
     results = {}
     for e in _eps_list(eps):
         attack = PGD(Budget.from_8bit("linf", e), steps=steps, random_restarts=0)
         adv = attack.run(scorer, probes, Dodging(run_data.probe_labels), seed=seed)
-        fooled = adv.adv[adv.success]
+        # Like Xu et al., only successful adversarial examples are positives, and only those
+        # of probes the model got right (a clean mistake "succeeds" unchanged).
+        fooled = adv.adv[adv.success & clean_ok]
         if fooled.shape[0] == 0:
             typer.echo(f"eps {e:g}/255: the attack fooled no probe; nothing to detect")
             continue
-        # Like Xu et al., only successful adversarial examples are positives.
         roc_res = det.evaluate(probes, fooled)
         doc = {**roc_res.to_json(), "attack_success_rate": adv.success_rate,
                "n_adversarial": int(fooled.shape[0])}

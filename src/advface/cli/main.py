@@ -11,6 +11,8 @@ import typer
 from advface import __version__
 from advface.cli import attack as attack_cli
 from advface.cli import data as data_cli
+from advface.cli import defend as defend_cli
+from advface.cli import interpret as interpret_cli
 from advface.cli import model as model_cli
 from advface.cli import run as run_cli
 from advface.cli import train as train_cli
@@ -26,6 +28,8 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(model_cli.app, name="model")
 app.add_typer(train_cli.app, name="train")
 app.add_typer(attack_cli.app, name="attack")
+app.add_typer(interpret_cli.app, name="interpret")
+app.add_typer(defend_cli.app, name="defend")
 app.command("run")(run_cli.run)
 app.command("results")(run_cli.results)
 

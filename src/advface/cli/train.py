@@ -72,8 +72,11 @@ def eval_(
     cache: CacheOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Evaluate a trained model on its split's probes: softmax head and gallery nearest
-    neighbour, rank-1/5/10/20 and precision/recall, beside a random guesser."""
+    """Evaluate a trained model on the probes of its split, beside a random guesser.
+
+    Both decisions (softmax head, gallery nearest neighbour): rank-1/5/10/20, accuracy and
+    macro/weighted precision, recall and F1.
+    """
     from advface.training.evaluate import format_table
     from advface.training.train import evaluate_run
 

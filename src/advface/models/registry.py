@@ -29,6 +29,7 @@ MODEL_LOADERS: dict[str, Loader | str] = {
 SUFFIX_LOADERS: dict[str, Loader | str] = {
     ".onnx": "advface.models.onnx_loader:load_onnx_model",
     ".dat": "advface.models.dlib_resnet:load_dlib_resnet",
+    ".safetensors": "advface.models.adhoc:load_adhoc",  # an ad-hoc checkpoint (+ JSON sidecar)
 }
 
 

@@ -615,6 +615,10 @@ def evaluate_run(out_dir: str | Path, data_dir: Path | None = None,
     from advface.data.splits import ClosedSetSplit
 
     out = Path(out_dir)
+    if not (out / "model.json").is_file() or not (out / "split.json").is_file():
+        raise CheckpointError("no trained ad-hoc model in this folder (model.json/split.json "
+                              "missing)", path=out,
+                              fix="pass the --out folder of a finished `advface train adhoc`")
     cfg = load_yaml(out / "config.yaml", TrainConfig)
     if data_dir is not None:
         cfg.data.data_dir = data_dir
