@@ -75,6 +75,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path) -> None:
     # a directory means dir/model.safetensors
     save_adhoc(loaded, tmp_path / "run")
     assert torch.equal(load_adhoc(tmp_path / "run").logits(x), m.logits(x))
+    assert torch.equal(load_adhoc(tmp_path / "m.json")(x), m(x))  # the sidecar path works too
     sidecar = json.loads((tmp_path / "m.json").read_text())
     assert sidecar["input_size"] == 150 and sidecar["class_names"] == NAMES
 

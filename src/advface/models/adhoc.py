@@ -225,10 +225,13 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
-    """A directory means ``dir/model.safetensors``; the sidecar is the same name with ``.json``."""
+    """A directory means ``dir/model.safetensors``; the sidecar is the same name with ``.json``
+    (either file of the pair may be given)."""
     p = Path(path)
     if p.is_dir() or p.suffix == "":
         p = p / WEIGHTS_NAME
+    elif p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
     return p, p.with_suffix(".json")
 
 

@@ -318,6 +318,15 @@ def _load_state(out: Path, model: AdHocNet, opt: torch.optim.Optimizer) -> dict[
 # --------------------------------------------------------------------------- training
 
 
+def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Absolute paths, so the config.yaml saved in the run folder (whose relative paths would
+    resolve against that folder) still points at the same data."""
+    paths = {k: Path(v).expanduser().resolve()
+             for k in ("data_dir", "cache_dir") if (v := getattr(cfg.data, k)) is not None}
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=paths),
+                                  "out_dir": Path(cfg.out_dir).expanduser().resolve()})
+
+
 @dataclass
 class TrainResult:
     """What a run produced: where, how far it got, and how good the best model is."""
@@ -473,6 +482,7 @@ def train(
     """
     if cfg.out_dir is None:
         raise ConfigError("no output folder given", fix="set out_dir in the config or pass --out")
+    cfg = _with_absolute_paths(cfg)
     out = Path(cfg.out_dir)
     torch.set_num_threads(cfg.threads)
     state_exists = (out / "state.json").is_file()
