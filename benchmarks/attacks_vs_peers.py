@@ -3,67 +3,60 @@
 Why: attack sweeps dominate experiment cost, so the engine must not be slower than the
 libraries people would otherwise use, and its extra guarantees (budget-safe quantisation, keep
 best per image, success judged on saved images) must be cheap. Each (library, batch) runs in a
-fresh subprocess so peak RSS (``resource.getrusage``; torch's CPU allocator is invisible to
-tracemalloc) is measured in isolation. Prints a Markdown table.
+fresh subprocess so its peak resident memory is measured in isolation (see ``_models.PeakRSS``).
 
-    python benchmarks/attacks_vs_peers.py --model tiny [--size 64] [--batch-sizes 1 32]
-        [--steps 10] [--eps255 8] [--repeats 3] [--rounds 3] [--threads 2]
+Models (``--model``, see ``benchmarks/_models.py``): ``dlib`` (pretrained dlib ResNet port,
+cosine to identity centroids), ``adhoc`` (the ad-hoc CNN's softmax logits, ``--checkpoint``),
+both on the first ``batch`` real LFW probe chips with their true identities, and ``tiny`` (a
+random CNN on random images; needs no data). Full runs (minutes each on 2 quiet cores;
+see benchmarks/README.md)::
 
-advface is timed twice: "same work" (one random start, no early stopping: the same number of
-gradient steps as the peers, plus one clean and one final forward pass) and "default"
-(zero start + one random restart, per-image early stopping: what experiments use).
+    export ADVFACE_DATA=/work/shared/data/lfw ADVFACE_CACHE=/tmp/advface-cache
+    python benchmarks/attacks_vs_peers.py --model dlib --batch-sizes 1 32 --threads 2 --out
+    python benchmarks/attacks_vs_peers.py --model adhoc --batch-sizes 1 32 --threads 2 --out
+
+``--out`` writes ``benchmarks/results/attacks_vs_peers_<model>.{csv,md}`` (or into ``--out DIR``).
+Smoke test: ``--model tiny --repeats 1 --rounds 1``.
+
+advface is timed twice: "same work" (one random start, no early stopping, step eps/4: the same
+number of gradient steps as the peers, plus three forward passes: clean image, last iterate,
+final judgement) and "default"
+(zero start + one random restart, per-image early stopping: what experiments use). advface
+ascends the score margin; torchattacks and ART ascend cross-entropy on the scores. Every
+library's output is rounded to 8 bits before it is judged, as advface judges its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+from _models import (
+    RESULTS,
+    Bench,
+    PeakRSS,
+    add_model_args,
+    build_bench,
+    machine,
+    model_argv,
+    write_tables,
+)
 from torch import Tensor, nn
 
 LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "art")
 
 
-class BenchCNN(nn.Module):
-    """Small random-weight CNN with a 10-identity head (stands in for a real face model)."""
-
-    def __init__(self, n_ids: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-        )
-        self.head = nn.Linear(64 * 16, n_ids)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x - 0.5).flatten(1))
-
-
-def build_model(name: str) -> nn.Module:
-    """Score module for ``--model``; real face models (dlib, adhoc) plug in here."""
-    if name == "tiny":
-        torch.manual_seed(0)
-        return BenchCNN().eval()
-    raise SystemExit(f"unknown --model {name!r}; available: tiny")
-
-
-def make_inputs(model: nn.Module, batch: int, size: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (batch, 3, size, size), generator=g).float() / 255
-    with torch.no_grad():
-        return x, model(x).argmax(1)
-
-
-def attack_fn(lib: str, model: nn.Module, x: Tensor, y: Tensor, args) -> Callable[[], Tensor]:
+def attack_fn(lib: str, bench: Bench, args: argparse.Namespace) -> Callable[[], Tensor]:
     """A no-argument callable running one PGD attack and returning the adversarial batch."""
+    model, x, y = bench.model, bench.x, bench.y
     eps = args.eps255 / 255
     alpha = eps / 4
     if lib.startswith("advface"):
@@ -89,7 +82,7 @@ def attack_fn(lib: str, model: nn.Module, x: Tensor, y: Tensor, args) -> Callabl
 
         clf = PyTorchClassifier(
             model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu",
+            nb_classes=bench.n_classes, clip_values=(0.0, 1.0), device_type="cpu",
         )
         art = ProjectedGradientDescent(
             clf, norm=np.inf, eps=eps, eps_step=alpha, max_iter=args.steps,
@@ -100,61 +93,67 @@ def attack_fn(lib: str, model: nn.Module, x: Tensor, y: Tensor, args) -> Callabl
     raise SystemExit(f"unknown library {lib!r}")
 
 
-def worker(lib: str, batch: int, args) -> dict[str, float]:
+def worker(lib: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
     torch.set_num_threads(args.threads)
-    model = build_model(args.model)
-    x, y = make_inputs(model, batch, args.size)
-    run = attack_fn(lib, model, x, y, args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    adv = run()  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        adv = run()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    adv = (adv * 255).round() / 255  # judge what would be saved, as advface does
+    bench = build_bench(args, batch)
+    run = attack_fn(lib, bench, args)
+    with PeakRSS() as mem:
+        adv = run()  # warm-up (allocator, oneDNN primitive caches)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            adv = run()
+            times.append(time.perf_counter() - start)
+    adv = (adv.detach().float() * 255).round().clamp(0, 255) / 255  # what would be saved
     with torch.no_grad():
-        fooled = float((model(adv).argmax(1) != y).float().mean())
+        fooled = float((bench.model(adv).argmax(1) != bench.y).float().mean())
     return {
         "images_per_s": batch / statistics.median(times),
-        "peak_mib": (peak - before) / 1024,
+        "peak_rss_mib": mem.peak_mib,
+        "rss_increase_mib": mem.increase_mib,
+        "rss_method": mem.method,
         "fooled": fooled,
+        "max_linf_255": float(((adv - bench.x).abs().amax() * 255).round()),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--size", type=int, default=64, help="image side (dlib chips are 150)")
+    add_model_args(ap)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eps255", type=float, default=8.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per process (median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per library")
     ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    ap.add_argument("--out", type=Path, nargs="?", const=RESULTS, default=None,
+                    help=f"write attacks_vs_peers_<model>.csv/.md here (default {RESULTS})")
     ap.add_argument("--worker", nargs=2, metavar=("LIB", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
         return
 
+    torch.set_num_threads(args.threads)
+    host = machine(args.threads)
+    # Build once here: a missing data set, chip cache or checkpoint stops with its fix before
+    # any worker starts, and the dlib gallery embeddings get cached for the workers.
+    bench = build_bench(args, max(args.batch_sizes))
+    with torch.no_grad():
+        clean_err = float((bench.model(bench.x).argmax(1) != bench.y).float().mean())
+    desc = bench.description
+    del bench
+
     common = [
-        "--model", args.model, "--size", str(args.size), "--steps", str(args.steps),
-        "--eps255", str(args.eps255), "--repeats", str(args.repeats),
-        "--threads", str(args.threads),
+        *model_argv(args), "--steps", str(args.steps), "--eps255", str(args.eps255),
+        "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
-    print(f"PGD L-inf eps={args.eps255:g}/255, {args.steps} steps, alpha=eps/4, model "
-          f"{args.model} {args.size}x{args.size}, {args.threads} threads, median of "
-          f"{args.rounds} processes x {args.repeats} timed runs\n")
-    print("| library | batch | images/s | vs advface (same work) | peak RSS increase MiB "
-          "| fooled |")
-    print("|---|---:|---:|---:|---:|---:|")
+    rows: list[dict[str, Any]] = []
     for batch in args.batch_sizes:
         # Libraries take turns, round after round, so that load drifting on a shared machine
         # hits them alike; speed is the median over rounds, memory the maximum.
-        runs: dict[str, list[dict[str, float]]] = {lib: [] for lib in args.libraries}
+        runs: dict[str, list[dict[str, Any]]] = {lib: [] for lib in args.libraries}
         failed: dict[str, str] = {}
         for _ in range(args.rounds):
             for lib in args.libraries:
@@ -171,14 +170,60 @@ def main() -> None:
         }
         base = speed.get("advface-same-work")
         for lib in args.libraries:
+            row: dict[str, Any] = {"model": args.model, "library": lib, "batch": batch}
             if lib in failed:
-                print(f"| {lib} | {batch} | failed: {failed[lib]} | | | |")
+                rows.append({**row, "error": failed[lib]})
                 continue
-            ratio = f"{speed[lib] / base:.2f}x" if base else "-"
-            peak = max(r["peak_mib"] for r in runs[lib])
-            fooled = runs[lib][-1]["fooled"]
-            print(f"| {lib} | {batch} | {speed[lib]:.1f} | {ratio} | {peak:.1f} | "
-                  f"{100 * fooled:.0f}% |")
+            rs = runs[lib]
+            rows.append({
+                **row,
+                "images_per_s": round(speed[lib], 2),
+                "speed_vs_advface_same_work": round(speed[lib] / base, 3) if base else None,
+                "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rs), 1),
+                "rss_increase_mib": round(max(r["rss_increase_mib"] for r in rs), 1),
+                "fooled": round(rs[-1]["fooled"], 4),
+                "max_linf_255": max(r["max_linf_255"] for r in rs),
+                "processes": len(rs),
+            })
+
+    md = markdown(args, rows, host, clean_err, desc)
+    print(md)
+    if args.out is not None:
+        write_tables(args.out, f"attacks_vs_peers_{args.model}", rows, md)
+
+
+def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], host: str,
+             clean_err: float, bench_desc: str) -> str:
+    lines = [
+        f"# PGD L-inf: advface vs torchattacks vs ART ({args.model})",
+        "",
+        f"- Attack: untargeted (dodging) PGD L-inf eps={args.eps255:g}/255, {args.steps} steps, "
+        "step eps/4, one random start for the peers and advface-same-work; advface-default: "
+        "zero start + 1 random restart, per-image early stopping",
+        f"- Model and inputs: {bench_desc}; clean error on the largest batch "
+        f"{100 * clean_err:.0f}% (counted as fooled)",
+        f"- Machine: {host}",
+        f"- images/s: median over {args.rounds} fresh processes x {args.repeats} timed runs "
+        "(after one warm-up run); peak RSS: the process's high-water mark during the runs "
+        "(model and inputs included), increase: over the resident size before them, max over "
+        "processes; fooled: on the 8-bit rounded output",
+        "",
+        "| library | batch | images/s | vs advface (same work) | peak RSS MiB | increase MiB "
+        "| fooled | max L-inf /255 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['library']} | {r['batch']} | failed: {r['error']} "
+                         "| | | | | |")
+            continue
+        ratio = "-" if r["speed_vs_advface_same_work"] is None else (
+            f"{r['speed_vs_advface_same_work']:.2f}x")
+        lines.append(
+            f"| {r['library']} | {r['batch']} | {r['images_per_s']:.1f} | {ratio} | "
+            f"{r['peak_rss_mib']:.0f} | {r['rss_increase_mib']:.0f} | "
+            f"{100 * r['fooled']:.0f}% | {r['max_linf_255']:g} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

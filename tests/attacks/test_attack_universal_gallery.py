@@ -123,3 +123,19 @@ def test_gallery_poisoning_needs_metric() -> None:
         GalleryPoisoning(Budget.from_8bit("linf", 2)).run(
             embed, grid_images(2), torch.tensor([0, 1]), grid_images(1), Dodging(torch.tensor([0]))
         )
+
+
+def test_gallery_poisoning_chunked_gradient_matches_one_batch() -> None:
+    """Chunking the forward/backward (bounded memory) must not change the attack at all."""
+    embed, gallery, labels, probes, pred = _gallery_problem("cosine")
+    goal = Dodging(pred)
+    budget = Budget.from_8bit("linf", 4)
+    whole = GalleryPoisoning(budget, steps=5, batch_size=10_000).run(
+        embed, gallery, labels, probes, goal, seed=0)
+    chunked = GalleryPoisoning(budget, steps=5, batch_size=2).run(
+        embed, gallery, labels, probes, goal, seed=0)
+    assert torch.allclose(whole.gallery, chunked.gallery, atol=1.5 / 255)
+    assert (whole.gallery - chunked.gallery).abs().gt(0.5 / 255).float().mean() < 0.01
+    assert torch.equal(whole.success, chunked.success)
+    with pytest.raises(AdvfaceError, match="batch_size"):
+        GalleryPoisoning(budget, batch_size=0)

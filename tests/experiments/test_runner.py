@@ -173,3 +173,22 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path,
     for (_, _), row in resumed_rows.items():
         path = dict(zip(ROW_COLS, row, strict=True))["adv_path"]
         assert (killed / path).read_bytes() == (fresh / path).read_bytes()
+
+
+def test_attacks_with_equal_n_probes_share_probes(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    """Sub-sampled cells compare like with like: same n_probes, same probes, whatever the attack."""
+    attacks = """
+  - {name: fgsm, eps_8bit: [4], goals: [dodging], n_probes: 2, models: [adhoc]}
+  - {name: fgsm-b, attack: fgsm, eps_8bit: [8], goals: [dodging], n_probes: 2, models: [adhoc]}
+  - {name: fgsm-c, attack: fgsm, eps_8bit: [8], goals: [dodging], n_probes: 3, models: [adhoc]}
+"""
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks=attacks))
+    cfg = cfg.model_copy(update={"transfer": []})
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        names = {c["cell_id"]: c["attack"] for c in store.cells()}
+        keys: dict[str, set[str]] = {}
+        for r in store.rows():
+            keys.setdefault(names[r["cell_id"]], set()).add(r["item_key"])
+    assert len(keys["fgsm"]) == 2 and keys["fgsm"] == keys["fgsm-b"]
+    assert len(keys["fgsm-c"]) == 3

@@ -95,7 +95,11 @@ class GalleryPoisoning:
 
     Hyper-parameters: ``steps``, ``step_size`` (default ``2.5 * eps / steps``, at least one grey
     level for L-inf), ``random_start``, ``loss`` / ``temperature`` / ``kappa`` (see
-    :func:`~advface.attacks.base.attack_loss`; default margin capped at 0).
+    :func:`~advface.attacks.base.attack_loss`; default margin capped at 0), ``batch_size``
+    (images per forward/backward: the objective couples every poisoned image through the
+    max-over-gallery scores, so its gradient is taken with respect to the embeddings first and
+    pushed through the network chunk by chunk; memory stays bounded however many images an
+    identity has).
     """
 
     name = "gallery_poisoning"
@@ -110,7 +114,10 @@ class GalleryPoisoning:
         loss: LossKind = "margin",
         temperature: float = 0.1,
         kappa: float = 0.0,
+        batch_size: int = 32,
     ) -> None:
+        if batch_size < 1:
+            raise AdvfaceError(f"batch_size must be >= 1, got {batch_size}", fix="e.g. 32")
         if steps < 0:
             raise AdvfaceError(f"steps must be >= 0, got {steps}", fix="e.g. steps=50")
         if not math.isfinite(budget.eps):
@@ -126,6 +133,7 @@ class GalleryPoisoning:
         self.loss = loss
         self.temperature = temperature
         self.kappa = kappa
+        self.batch_size = batch_size
 
     def run(
         self,
@@ -172,8 +180,8 @@ class GalleryPoisoning:
         gen = make_generator(seed, dev)
 
         with eval_mode(embedder), torch.no_grad():
-            probe_emb = embedder(probes).float()
-            gallery_emb = embedder(gallery).float()
+            probe_emb = _embed(embedder, probes, self.batch_size)
+            gallery_emb = _embed(embedder, gallery, self.batch_size)
             clean_scores = identity_scores(
                 similarity(probe_emb, gallery_emb, metric), gallery_labels, n_identities
             )
@@ -189,9 +197,11 @@ class GalleryPoisoning:
         with eval_mode(embedder):
             for t in range(self.steps + 1):
                 q = quantize_within(clean, x, self.budget)
+                with torch.no_grad():
+                    q_emb = _embed(embedder, q, self.batch_size)
                 with torch.enable_grad():
-                    qg = q.detach().requires_grad_(True)
-                    emb = gallery_emb.index_put((pidx,), embedder(qg).float())
+                    q_emb.requires_grad_(True)
+                    emb = gallery_emb.index_put((pidx,), q_emb)
                     scores = identity_scores(
                         similarity(probe_emb, emb, metric), gallery_labels, n_identities
                     )
@@ -206,7 +216,8 @@ class GalleryPoisoning:
                     best_key, best_adv = key, q.detach().clone()
                 if t == self.steps or bool(succ.all()) or pidx.numel() == 0:
                     break
-                (grad,) = torch.autograd.grad(total, qg)
+                (emb_grad,) = torch.autograd.grad(total, q_emb)
+                grad = _input_grad(embedder, q, emb_grad, self.batch_size)
                 iterations += 1
                 x = x + self.step_size * steepest_step(grad, self.budget.norm)
                 x = project(clean, x, self.budget)
@@ -214,7 +225,7 @@ class GalleryPoisoning:
         out = gallery.clone()
         out[pidx] = best_adv
         with eval_mode(embedder), torch.no_grad():
-            emb = embedder(out).float()
+            emb = gallery_emb.index_put((pidx,), _embed(embedder, best_adv, self.batch_size))
             sim = similarity(probe_emb, emb, metric)
             scores = identity_scores(sim, gallery_labels, n_identities)
         delta = out - gallery
@@ -229,3 +240,24 @@ class GalleryPoisoning:
             budget=self.budget,
             iterations=iterations,
         )
+
+
+def _embed(embedder: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """Embeddings in chunks (no graph kept): bounded memory for any gallery size."""
+    if x.shape[0] == 0:
+        with torch.no_grad():
+            return embedder(x[:1]).float()[:0]
+    return torch.cat([embedder(x[s:s + batch_size]).float()
+                      for s in range(0, x.shape[0], batch_size)])
+
+
+def _input_grad(embedder: nn.Module, x: Tensor, emb_grad: Tensor, batch_size: int) -> Tensor:
+    """Chain rule chunk by chunk: d(objective)/dx = J_emb(x)^T d(objective)/d(emb)."""
+    grad = torch.zeros_like(x)
+    for s in range(0, x.shape[0], batch_size):
+        with torch.enable_grad():
+            xs = x[s:s + batch_size].detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(embedder(xs).float(), xs,
+                                       grad_outputs=emb_grad[s:s + batch_size])
+        grad[s:s + batch_size] = g
+    return grad

@@ -400,7 +400,9 @@ class Runner:
         st = self._require_state()
         keys = st.probe_keys
         if spec.n_probes is not None and spec.n_probes < len(keys):
-            keys = sorted(random.Random(_seed_for(self.cfg.seed, spec.name)).sample(
+            # Seeded by the run and the count only: attacks with equal n_probes see the same
+            # probes, so their numbers (C&W vs DeepFool L2, say) compare like with like.
+            keys = sorted(random.Random(_seed_for(self.cfg.seed, "probes", spec.n_probes)).sample(
                 keys, spec.n_probes))
         return keys
 
