@@ -139,3 +139,23 @@ def test_gallery_poisoning_chunked_gradient_matches_one_batch() -> None:
     assert torch.equal(whole.success, chunked.success)
     with pytest.raises(AdvfaceError, match="batch_size"):
         GalleryPoisoning(budget, batch_size=0)
+
+
+def test_smooth_identity_scores_bound_the_hard_maximum() -> None:
+    from advface.attacks.gallery_poisoning import smooth_identity_scores
+
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(4, 9, generator=g) * 2 - 1
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    hard = identity_scores(sim, labels, 4)  # identity 3 has no image
+    soft = smooth_identity_scores(sim, labels, 4, 0.05)
+    counts = torch.bincount(labels, minlength=4).float()
+    assert torch.isinf(soft[:, 3]).all() and torch.isinf(hard[:, 3]).all()
+    fin = torch.isfinite(hard)
+    assert bool((soft[fin] >= hard[fin] - 1e-6).all())
+    bound = hard + 0.05 * torch.log(counts.clamp_min(1))[None, :]
+    assert bool((soft[fin] <= bound[fin] + 1e-6).all())
+    # every image of an identity receives gradient, not only the nearest
+    sim.requires_grad_(True)
+    smooth_identity_scores(sim, labels, 4, 0.05)[:, 2].sum().backward()
+    assert bool((sim.grad[:, 5:] > 0).all()) and bool((sim.grad[:, :5] == 0).all())

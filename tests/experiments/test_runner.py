@@ -130,6 +130,20 @@ def test_config_errors_name_the_problem(tmp_path: Path, tiny: dict[str, Path]) -
     assert "epss" in str(err.value) and "bad.yaml" in str(err.value)
 
 
+def test_transfer_source_must_use_its_whole_budget(tmp_path: Path, tiny: dict[str, Path]) -> None:
+    """Early-stopped examples sit at the surrogate's boundary and measure nothing about transfer."""
+    path = write_config(tmp_path / "t.yaml", tiny, attacks="  - {name: fgsm, eps_8bit: [4]}")
+    text = path.read_text().replace("attack: fgsm}", "attack: pgd}")
+    path.write_text(text.replace("  - {name: fgsm, eps_8bit: [4]}",
+                                 "  - {name: pgd, eps_8bit: [4]}"))
+    with pytest.raises(ConfigError, match="early_stop: false"):
+        load_experiment(path)
+    path.write_text(path.read_text().replace("{name: pgd, eps_8bit: [4]}",
+                                             "{name: pgd, eps_8bit: [4], "
+                                             "params: {early_stop: false}}"))
+    assert load_experiment(path).attacks[0].params == {"early_stop": False}
+
+
 SLOW_ATTACKS = """
   - {name: fgsm, eps_8bit: [1, 2, 4, 8], goals: [dodging, impersonation]}
   - {name: pgd, params: {steps: 5}, eps_8bit: [2, 8], goals: [dodging, impersonation]}

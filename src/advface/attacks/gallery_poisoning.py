@@ -65,6 +65,25 @@ def identity_scores(sim: Tensor, gallery_labels: Tensor, n_identities: int) -> T
     return out.scatter_reduce(1, index, sim, reduce="amax", include_self=True)
 
 
+def smooth_identity_scores(
+    sim: Tensor, gallery_labels: Tensor, n_identities: int, temperature: float
+) -> Tensor:
+    """(P, C) soft maximum ``t * logsumexp(sim / t)`` per identity (>= the hard maximum).
+
+    Why: under the hard maximum only the nearest image of an identity gets a gradient, so
+    poisoning an identity with many gallery images moves one image per step while the next one
+    takes over; the soft maximum pushes every near image at once. Decisions still use
+    :func:`identity_scores`.
+    """
+    hard = identity_scores(sim.detach(), gallery_labels, n_identities)
+    shift = hard.clamp_min(-1e30)  # finite for identities without images
+    index = gallery_labels[None, :].expand(sim.shape[0], -1)
+    w = torch.exp((sim - shift.gather(1, index)) / temperature)
+    total = sim.new_zeros((sim.shape[0], n_identities)).scatter_add(1, index, w)
+    soft = shift + temperature * torch.log(total.clamp_min(1e-30))
+    return torch.where(torch.isfinite(hard), soft, hard)
+
+
 @dataclass
 class PoisoningResult:
     """Outcome of gallery poisoning.
@@ -99,7 +118,8 @@ class GalleryPoisoning:
     (images per forward/backward: the objective couples every poisoned image through the
     max-over-gallery scores, so its gradient is taken with respect to the embeddings first and
     pushed through the network chunk by chunk; memory stays bounded however many images an
-    identity has).
+    identity has), ``smooth`` (temperature of the soft maximum over an identity's images used
+    by the objective, see :func:`smooth_identity_scores`; 0 optimises the hard maximum).
     """
 
     name = "gallery_poisoning"
@@ -115,7 +135,10 @@ class GalleryPoisoning:
         temperature: float = 0.1,
         kappa: float = 0.0,
         batch_size: int = 32,
+        smooth: float = 0.02,
     ) -> None:
+        if smooth < 0:
+            raise AdvfaceError(f"smooth must be >= 0, got {smooth}", fix="e.g. 0.02 (0: hard max)")
         if batch_size < 1:
             raise AdvfaceError(f"batch_size must be >= 1, got {batch_size}", fix="e.g. 32")
         if steps < 0:
@@ -134,6 +157,7 @@ class GalleryPoisoning:
         self.temperature = temperature
         self.kappa = kappa
         self.batch_size = batch_size
+        self.smooth = smooth
 
     def run(
         self,
@@ -202,11 +226,13 @@ class GalleryPoisoning:
                 with torch.enable_grad():
                     q_emb.requires_grad_(True)
                     emb = gallery_emb.index_put((pidx,), q_emb)
-                    scores = identity_scores(
-                        similarity(probe_emb, emb, metric), gallery_labels, n_identities
-                    )
+                    sim = similarity(probe_emb, emb, metric)
+                    scores = identity_scores(sim, gallery_labels, n_identities)
+                    opt_scores = scores if self.smooth == 0 else smooth_identity_scores(
+                        sim, gallery_labels, n_identities, self.smooth)
                     objective = attack_loss(
-                        scores, goal, self.loss, temperature=self.temperature, kappa=self.kappa
+                        opt_scores, goal, self.loss, temperature=self.temperature,
+                        kappa=self.kappa
                     )
                     total = objective.sum()
                 succ = goal.success(scores.detach())

@@ -90,6 +90,12 @@ class ExperimentConfig(StrictModel):
     verification: bool = Field(True, description="LFW pairs 10-fold verification per model")
     align_upsample: int = Field(1, ge=0, le=2)
     device: str = Field("cpu")
+    # Post-processing only (no cell depends on it), so it is left out of config.yaml and the
+    # config hash: switching it never makes a run directory refuse to resume.
+    interpret: bool = Field(
+        False, exclude=True, description="after the run, `advface run` writes saliency "
+        "figures of a few fooled probes per model into RUN_DIR/interpret/ (as `advface "
+        "interpret run-figures RUN_DIR`), which the report includes")
     quick: dict[str, Any] | None = Field(
         None, description="overrides applied by `advface run --quick` (same keys as the top "
         "level; attacks may be listed by name to keep only those)")
@@ -114,7 +120,24 @@ class ExperimentConfig(StrictModel):
             if t.attack not in attack_names:
                 raise ValueError(f"transfer names unknown attack {t.attack!r}; "
                                  f"attacks are {attack_names}")
+            _check_transfer_source(next(a for a in self.attacks if a.name == t.attack))
         return self
+
+
+def _check_transfer_source(spec: AttackSpec) -> None:
+    """Transfer needs examples that use their whole budget.
+
+    An attack that stops at the surrogate's decision boundary (early stopping, on by default)
+    hands over examples barely past it, which measure the surrogate, not transferability: on
+    LFW such examples moved from 0% to a real transfer rate once crafted to full budget.
+    """
+    from advface.attacks.registry import hyperparameters
+
+    if "early_stop" in hyperparameters(spec.registry_name) and spec.params.get(
+            "early_stop", True):
+        raise ValueError(f"transfer attack {spec.name!r} stops early at the surrogate's "
+                         "decision boundary; set `early_stop: false` in its params so the "
+                         "examples use the whole budget")
 
 
 def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfig:
@@ -126,6 +149,7 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfi
     if not cfg.quick:
         return cfg
     data = cfg.model_dump(mode="python", exclude={"quick"})
+    data["interpret"] = cfg.interpret  # excluded from dumps, kept unless quick: overrides it
     overrides = dict(cfg.quick)
     keep = overrides.pop("attacks", None)
     if keep is not None:

@@ -4,7 +4,8 @@ Per chunk of probes the attacker may alter (within the budget) every gallery ima
 identities the goal names: the probes' own (dodging) or their targets' (impersonation). The
 poisoned images are saved as PNG, re-read and re-embedded, and the *clean* probes are identified
 against that gallery, so success is judged on what an attacker could really enrol. A row's
-norms are the largest over that probe's poisoned identity's images; SSIM/PSNR their mean.
+norms are the largest over that probe's poisoned identity's images; SSIM their mean, PSNR that of
+their pooled mean squared error (an untouched image adds zero error, not an infinite PSNR).
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def run_gallery_cell(runner: Runner, cid: str, spec: AttackSpec, lm: LoadedModel
                            l2=float(max(pm["l2_8bit"][m] for m in mine)),
                            l0=float(max(pm["l0"][m] for m in mine)),
                            ssim=float(sum(pm["ssim"][m] for m in mine) / len(mine)),
-                           psnr=float(sum(pm["psnr"][m] for m in mine) / len(mine)))
+                           psnr=_pooled_psnr([float(pm["psnr"][m]) for m in mine]))
             rows.append(row)
         st.store.put_rows(cid, rows)
+
+
+def _pooled_psnr(psnrs: list[float]) -> float:
+    """PSNR of the images' mean squared error (peak 1), from their per-image PSNRs."""
+    mse = sum(10.0 ** (-p / 10.0) for p in psnrs) / len(psnrs)  # inf dB -> 0 error
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
