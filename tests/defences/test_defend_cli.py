@@ -52,12 +52,16 @@ def test_advtrain_from_a_config_file(tiny_lfw: Path, tmp_path: Path) -> None:
     path = tmp_path / "adv.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
+    study = _run_dir(tmp_path)
     res = runner.invoke(app, ["advtrain", "--config", str(path), "--out", str(out),
-                              "--quiet"])
+                              "--quiet", "--run", str(study)])
     assert res.exit_code == 0, res.output
     assert (out / "model.safetensors").is_file() and (out / "robust_eval.json").is_file()
     robust = json.loads((out / "robust_eval.json").read_text())
     assert [r["eps255"] for r in robust["rows"]] == [4.0, 4.0]
+    filed = json.loads((study / "defences" / "advtrain_run.json").read_text())
+    assert filed["kind"] == "advtrain" and filed["adversarial"]["attack"] == "fgsm-rs"
+    assert filed["results"]["adversarial-training"] == robust
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["adversarial"]["attack"] == "fgsm-rs"
     assert "worst-case" in res.output
@@ -67,3 +71,52 @@ def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path)])
     assert res.exit_code != 0
     assert "not a training run folder" in str(res.exception)
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    """The least a run directory has: run.json (the report reads the rest tolerantly)."""
+    run = tmp_path / "study"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "done", "models": []}))
+    return run
+
+
+def test_run_files_results_for_the_report(standard_run: Path, tmp_path: Path) -> None:
+    """--run writes RUN_DIR/defences/<command>_<checkpoint>.json; --out keeps working beside
+    it; the report's Defences section reads them."""
+    from advface.report.build import build_report
+
+    run = _run_dir(tmp_path)
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, [
+        "evaluate", "--checkpoint", str(standard_run), "--defence", "none", "--defence",
+        "jpeg", "--eps", "8", "--naive-steps", "2", "--steps", "3", "--restarts", "0",
+        "--eot", "2", "--threads", "1", "--quiet", "--out", str(out), "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    filed = run / "defences" / f"evaluate_{standard_run.name}.json"
+    doc = json.loads(filed.read_text())
+    assert doc == json.loads(out.read_text())
+    assert doc["kind"] == "evaluate" and set(doc["results"]) == {"none", "jpeg"}
+    assert doc["n_identities"] == 3
+    res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--eps", "16",
+                              "--steps", "5", "--threads", "1", "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    det = json.loads((run / "defences" / f"detect_{standard_run.name}.json").read_text())
+    assert det["kind"] == "detect" and det["settings"]["eps"] == [16.0]
+    for r in det["results"].values():
+        assert len(r["roc"]["fpr"]) == len(r["roc"]["tpr"]) >= 2
+    paths = build_report(run, notebook=False)
+    page = paths.html.read_text(encoding="utf-8")
+    jpeg = doc["results"]["jpeg"]
+    worst = jpeg["worst_case"]["8"]
+    assert f"JPEG compression (quality 75) on {standard_run.name}" in page
+    assert f"worst case {100 * worst:.1f}%" in page
+    assert "Feature-squeezing detector" in page
+
+
+def test_run_must_be_a_run_directory(standard_run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--run",
+                              str(tmp_path / "typo")])
+    assert res.exit_code != 0
+    assert "not a run directory" in str(res.exception)
+    assert not (tmp_path / "typo").exists()

@@ -89,8 +89,8 @@ def test_sections_in_order(built: ReportPaths) -> None:
     page = built.html.read_text(encoding="utf-8")
     titles = re.findall(r"<h2>(.*?)</h2>", page)
     assert titles == ["Abstract", "Introduction", "Data and protocol", "The classifiers C",
-                      "The adversary A", "Results", "Discussion", "Conclusion",
-                      "Missing results"]
+                      "The adversary A", "Results", "Interpretability", "Defences",
+                      "Discussion", "Conclusion", "Missing results"]
     assert "Nothing is missing" in page
 
 

@@ -37,6 +37,11 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
+RunOpt = Annotated[Path | None, typer.Option(
+    "--run", help="also file the results with this `advface run` directory "
+    "(RUN_DIR/defences/<command>_<checkpoint>.json), where `advface report` includes them")]
+
+
 def _write(out: Path | None, doc: object, *, quiet: bool = False) -> None:
     if out is None:
         return
@@ -45,6 +50,35 @@ def _write(out: Path | None, doc: object, *, quiet: bool = False) -> None:
     atomic_write_bytes(out, json.dumps(doc, indent=2).encode())
     if not quiet:
         typer.echo(f"wrote {out}")
+
+
+def run_target(run: Path | None, command: str, checkpoint: Path) -> Path | None:
+    """RUN_DIR/defences/<command>_<checkpoint folder name>.json (docs/run_dir.md), or None.
+
+    The run directory must exist (a typo would otherwise create a stray folder the report
+    never reads).
+    """
+    if run is None:
+        return None
+    from advface.errors import AdvfaceError
+
+    if not (run / "run.json").is_file() and not (run / "results.sqlite").is_file():
+        raise AdvfaceError("not a run directory (no run.json or results.sqlite)", path=run,
+                           fix="pass the --out directory of `advface run`")
+    from advface.interpret.run_figures import safe_name
+
+    name = checkpoint.resolve()
+    stem = name.parent.name if name.suffix == ".safetensors" else name.name
+    return run / "defences" / f"{command}_{safe_name(stem)}.json"
+
+
+def _targets(out: Path | None, run_path: Path | None) -> list[Path]:
+    """Where a result goes: --out and/or the run's defences/ file, without duplicates."""
+    found: list[Path] = []
+    for p in (out, run_path):
+        if p is not None and all(p.resolve() != q.resolve() for q in found):
+            found.append(p)
+    return found
 
 
 @app.command("advtrain")
@@ -60,6 +94,7 @@ def advtrain(
         "--time-budget", help="override train.time_budget_minutes")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    run: RunOpt = None,
 ) -> None:
     """Adversarially train the ad-hoc model (PGD or FGSM-RS) and evaluate it on the probes:
     clean accuracy (eval.json) and naive/adaptive robust accuracy (robust_eval.json)."""
@@ -78,10 +113,26 @@ def advtrain(
         tc.time_budget_minutes = time_budget
     if threads is not None:
         tc.threads = threads
+    run_path = run_target(run, "advtrain", Path(tc.out_dir))
     result = adv_train(cfg, resume=resume, progress=not quiet)
     typer.echo(f"stopped: {result.stop_reason} after {result.epochs_completed} epoch(s); best "
                f"epoch {result.best_epoch}")
     typer.echo(f"model: {result.model_path}")
+    robust_doc = (result.evaluation or {}).get("robust")
+    if run_path is not None:
+        if robust_doc:
+            clean = {k: v for k, v in (result.evaluation or {}).items() if k != "robust"}
+            _write(run_path, {
+                "kind": "advtrain", "checkpoint": str(tc.out_dir),
+                "n_identities": len(result_classes(result.model_path)),
+                "adversarial": cfg.adversarial.model_dump(mode="json"),
+                "evaluation_settings": cfg.evaluation.model_dump(mode="json"),
+                "stop_reason": result.stop_reason, "epochs": result.epochs_completed,
+                "best_epoch": result.best_epoch, "clean_evaluation": clean,
+                "results": {"adversarial-training": robust_doc}})
+        else:
+            typer.echo(f"no robust evaluation to file in {run} (evaluation.eps_8bit is empty "
+                       "or training was interrupted)")
     if quiet and result.evaluation and result.evaluation.get("robust"):
         from advface.defences.evaluate import DefenceEvaluation
 
@@ -115,6 +166,7 @@ def evaluate(
     data: DataOpt = None,
     cache: CacheOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
+    run: RunOpt = None,
 ) -> None:
     """Clean, naive and adaptive robust accuracy (L-inf dodging) of the model behind each
     defence, on the run's probes. "none" evaluates the model itself (e.g. an adversarially
@@ -125,6 +177,7 @@ def evaluate(
     from advface.defences.transforms import Defended, build_transform
     from advface.interpret.scoring import LogitScorer
 
+    targets = _targets(out, run_target(run, "evaluate", checkpoint))
     torch.set_num_threads(threads)
     model, run_data = load_run(checkpoint, data_dir=data, cache_dir=cache)
     scorer = LogitScorer(model).eval()
@@ -140,14 +193,20 @@ def evaluate(
                 "n_images": int(images.shape[0]), "seed": seed}
     # Each finished defence is written at once; a rerun with the same --out and settings
     # skips the defences already done (an interrupted evaluation resumes).
-    results = _previous_results(out, checkpoint, settings)
+    results: dict = {}
+    source: Path | None = None
+    for target in targets:
+        results = _previous_results(target, checkpoint, settings)
+        if results:
+            source = target
+            break
     for name in defence or ["none"]:
         key = name.lower()
         if key in results and results[key].get("params") == params.get(key, {}):
             from advface.defences.evaluate import DefenceEvaluation
 
             doc = {k: v for k, v in results[key].items() if k != "params"}
-            typer.echo(DefenceEvaluation(**doc).table() + "\n(from " + str(out) + ")\n")
+            typer.echo(DefenceEvaluation(**doc).table() + "\n(from " + str(source) + ")\n")
             continue
         if key == "none":
             defended = scorer
@@ -162,10 +221,16 @@ def evaluate(
         typer.echo(res.table())
         typer.echo("")
         results[key] = {**res.to_json(), "params": params.get(key, {})}
-        _write(out, {"checkpoint": str(checkpoint), "settings": settings, "results": results},
-               quiet=True)
-    if out is not None:
-        typer.echo(f"wrote {out}")
+        doc = {"kind": "evaluate", "checkpoint": str(checkpoint), "settings": settings,
+               "n_identities": len(scorer.class_names), "results": results}
+        for target in targets:
+            _write(target, doc, quiet=True)
+    # Every target ends with every result, also one that only had them reused from another
+    # (e.g. --run added on a rerun).
+    doc = {"kind": "evaluate", "checkpoint": str(checkpoint), "settings": settings,
+           "n_identities": len(scorer.class_names), "results": results}
+    for target in targets:
+        _write(target, doc)
 
 
 def _previous_results(out: Path | None, checkpoint: Path, settings: dict) -> dict:
@@ -194,6 +259,7 @@ def detect(
     out: Annotated[Path | None, typer.Option("--out", help="write results as JSON")] = None,
     data: DataOpt = None,
     cache: CacheOpt = None,
+    run: RunOpt = None,
 ) -> None:
     """Feature-squeezing detector: threshold fitted on clean validation-gallery images at
     --fpr, ROC AUC on clean probes vs PGD adversarial probes (attack unaware of the
@@ -207,6 +273,7 @@ def detect(
     from advface.defences.transforms import BitDepth, MedianFilter
     from advface.interpret.scoring import LogitScorer
 
+    targets = _targets(out, run_target(run, "detect", checkpoint))
     torch.set_num_threads(threads)
     model, run_data = load_run(checkpoint, data_dir=data, cache_dir=cache)
     scorer = LogitScorer(model).eval()
@@ -230,10 +297,34 @@ def detect(
             continue
         roc_res = det.evaluate(probes, fooled)
         doc = {**roc_res.to_json(), "attack_success_rate": adv.success_rate,
-               "n_adversarial": int(fooled.shape[0])}
+               "n_adversarial": int(fooled.shape[0]), "roc": _roc_points(roc_res)}
         results[f"{e:g}"] = doc
         typer.echo(f"eps {e:g}/255: AUC {roc_res.auc:.3f}  TPR {roc_res.tpr_at_threshold:.3f} "
                    f"at FPR {roc_res.fpr_at_threshold:.3f} on probes  (attack success "
                    f"{adv.success_rate:.3f})")
-    _write(out, {"checkpoint": str(checkpoint), "fpr_target": fpr, "threshold": thr,
-                 "results": results})
+    doc = {"kind": "detect", "checkpoint": str(checkpoint), "fpr_target": fpr, "threshold": thr,
+           "settings": {"bits": bits, "median_size": median_size, "steps": steps, "seed": seed,
+                        "eps": _eps_list(eps)},
+           "n_clean_probes": int(probes.shape[0]), "n_validation": int(val.shape[0]),
+           "clean_accuracy": float(clean_ok.double().mean()),
+           "n_identities": len(scorer.class_names), "results": results}
+    for target in targets:
+        _write(target, doc)
+
+
+def _roc_points(res, limit: int = 200) -> dict[str, list[float]]:
+    """The detector's ROC curve, thinned to at most ``limit`` points for the report."""
+    import numpy as np
+
+    fpr, tpr = np.asarray(res.fpr, dtype=float), np.asarray(res.tpr, dtype=float)
+    if fpr.size > limit:
+        keep = np.unique(np.linspace(0, fpr.size - 1, limit).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}
+
+
+def result_classes(model_path: Path) -> list[str]:
+    """Class names of a saved ad-hoc model (for the random-guess baseline in the report)."""
+    from advface.models.adhoc import load_adhoc
+
+    return list(load_adhoc(model_path).class_names)

@@ -174,3 +174,49 @@ def identity(
         probs = scorer(res.images).softmax(1)[0]
     typer.echo(f"wrote {out}; p({scorer.class_names[idx]}) = {float(probs[idx]):.3f}, decision "
                f"{scorer.class_names[int(probs.argmax())]}")
+
+
+@app.command("run-figures")
+def run_figures(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by `advface run`")],
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="model of the run (repeat for several; default: all)")] = None,
+    n: Annotated[int, typer.Option("--n", help="fooled probes per model")] = 3,
+    attack: Annotated[str, typer.Option(
+        "--attack", help="dodging attack of the run whose images are explained")] = "pgd",
+    eps: Annotated[float | None, typer.Option(
+        "--eps", help="its budget in grey levels (default: the smallest that fooled --n "
+        "probes)")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 16,
+    noise: Annotated[float, typer.Option("--noise", help="SmoothGrad noise std")] = 0.15,
+    steps: Annotated[int, typer.Option("--steps", help="IG quadrature steps")] = 32,
+    baseline: Annotated[str, typer.Option("--baseline", help="IG baseline: black or blur")
+                        ] = "black",
+    top: Annotated[float, typer.Option(
+        "--top", help="fraction of most salient pixels the perturbation energy is measured "
+        "on")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="LFW folder or archive (default: the run's config)")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="cache folder (default: the run's config)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+) -> None:
+    """Saliency (vanilla, SmoothGrad, IG) of a run's fooled probes, clean vs adversarial,
+    and the share of the perturbation on the most salient pixels; writes
+    RUN_DIR/interpret/saliency_<model>_<attack>.{png,json}, which `advface report` includes."""
+    from advface.errors import AdvfaceError
+    from advface.interpret.run_figures import SaliencySettings, run_saliency
+
+    if baseline not in ("black", "blur"):
+        raise AdvfaceError(f"unknown baseline {baseline!r}", fix="use black or blur")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = SaliencySettings(n=n, attack=attack, eps255=eps, samples=samples, noise=noise,
+                                steps=steps, baseline=baseline, top_fraction=top, seed=seed)
+    docs = run_saliency(run_dir, model or None, settings, data_dir=data, cache_dir=cache,
+                        log=typer.echo)
+    typer.echo(f"wrote {len(docs)} saliency figure(s) to {run_dir / 'interpret'}; "
+               f"`advface report {run_dir}` includes them")

@@ -48,11 +48,25 @@ def run(
         run_experiment(cfg, run_dir, progress=progress, train_fn=train_from_spec)
     typer.echo(f"run finished: {run_dir}")
     results(run_dir, csv=None, parquet=None)
+    if cfg.interpret:
+        interpret_run(run_dir, data=data, cache=cache)
     if report:
         from advface.report.build import build_report
 
         paths = build_report(run_dir)
         typer.echo(f"report: {paths.html}")
+
+
+def interpret_run(run_dir: Path, *, data: Path | None, cache: Path | None) -> None:
+    """The config's `interpret: true`: saliency figures for the report, with the defaults of
+    `advface interpret run-figures`. A run whose attacks fooled nothing to explain still gets
+    its report; the reason is printed."""
+    from advface.interpret.run_figures import run_saliency
+
+    try:
+        run_saliency(run_dir, data_dir=data, cache_dir=cache, log=typer.echo)
+    except AdvfaceError as err:
+        typer.echo(f"interpret figures skipped: {err}", err=True)
 
 
 def results(

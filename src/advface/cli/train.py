@@ -71,6 +71,9 @@ def eval_(
     data: DataOpt = None,
     cache: CacheOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    compare: Annotated[list[str] | None, typer.Option(
+        "--compare", help="also evaluate this pretrained model (e.g. dlib) on the same gallery "
+        "and probes; repeat for several")] = None,
 ) -> None:
     """Evaluate a trained model on the probes of its split, beside a random guesser.
 
@@ -80,5 +83,5 @@ def eval_(
     from advface.training.evaluate import format_table
     from advface.training.train import evaluate_run
 
-    result = evaluate_run(checkpoint, data_dir=data, cache_dir=cache)
+    result = evaluate_run(checkpoint, data_dir=data, cache_dir=cache, compare=compare or ())
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -7,8 +7,10 @@ attacks (ours or a peer library's) see one kind of object whatever the classifie
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,3 +94,30 @@ class LoadedModel:
     model: nn.Module
     scorer: nn.Module
     fingerprint: str
+
+
+def build_scorer(spec: ModelSpec, model: nn.Module, identity_names: list[str],
+                 gallery_keys: Sequence[str] = (), gallery_labels: Tensor | None = None,
+                 chips: Any = None, *, batch_size: int = 32, cache_dir: Path | None = None,
+                 progress: bool = False) -> nn.Module:
+    """The decision module of ``spec`` over the run's gallery, in eval mode.
+
+    One function for the runner and for everything that later re-opens a run (saliency of a
+    run's probes): both must score identities exactly the same way. ``softmax`` needs no
+    gallery; the gallery decisions embed ``gallery_keys`` from ``chips`` (cached on disk).
+    """
+    if spec.decision == "softmax":
+        scorer: nn.Module = SoftmaxScorer(model, identity_names)
+    else:
+        from advface.identify.embeddings import embed
+        from advface.identify.gallery import Gallery, GalleryScorer
+
+        if chips is None or gallery_labels is None:
+            raise CheckpointError(f"model {spec.name!r} decides over a gallery, but no gallery "
+                                  "images were given", fix="pass the run's gallery chips")
+        emb = embed(model, chips, list(gallery_keys), batch_size=batch_size,
+                    cache_dir=cache_dir, progress=progress)
+        gallery = Gallery(emb, gallery_labels, identity_names, model.metric)
+        mode = "centroid" if spec.decision == "gallery-centroid" else "nearest"
+        scorer = GalleryScorer(model, gallery, mode=mode)
+    return scorer.eval()

@@ -35,7 +35,7 @@ from advface.data.records import identity_of
 from advface.data.splits import ClosedSetSplit, make_closed_set_split
 from advface.errors import AdvfaceError, DataError
 from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
-from advface.experiments.models import LoadedModel, SoftmaxScorer, fingerprint, load_model
+from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
 from advface.experiments.store import ResultsStore
 from advface.metrics.identification import identification_metrics, random_baseline_for
 from advface.metrics.perturbation import perturbation_metrics
@@ -198,9 +198,6 @@ class Runner:
         return self.state
 
     def load_models(self) -> None:
-        from advface.identify.embeddings import embed
-        from advface.identify.gallery import Gallery, GalleryScorer
-
         st = self._require_state()
         gallery_keys = sorted(st.split.gallery)
         labels = torch.tensor([st.label(k) for k in gallery_keys])
@@ -210,16 +207,10 @@ class Runner:
                 train_fn = lambda s, f=self.train_fn: f(s, self.cfg.data)  # noqa: E731
             model = load_model(spec, train_fn=train_fn).to(self.cfg.device)
             fp = fingerprint(model)
-            if spec.decision == "softmax":
-                scorer = SoftmaxScorer(model, st.identity_names)
-            else:
-                emb = embed(model, st.chips, gallery_keys, batch_size=self.cfg.batch_size,
-                            cache_dir=self.cfg.data.resolved_cache_dir(),
-                            progress=self.progress)
-                gallery = Gallery(emb, labels, st.identity_names, model.metric)
-                mode = "centroid" if spec.decision == "gallery-centroid" else "nearest"
-                scorer = GalleryScorer(model, gallery, mode=mode)
-            scorer.eval()
+            scorer = build_scorer(spec, model, st.identity_names, gallery_keys, labels,
+                                  st.chips, batch_size=self.cfg.batch_size,
+                                  cache_dir=self.cfg.data.resolved_cache_dir(),
+                                  progress=self.progress)
             st.models[spec.name] = LoadedModel(spec=spec, model=model, scorer=scorer,
                                                fingerprint=fp)
             self._write_model_json(spec, model, fp)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from advface.report.extras import image_id, image_names
 from advface.report.figures import all_figures, png_bytes
-from advface.report.html import write_html
+from advface.report.html import read_images, write_html
 from advface.report.load import Missing, RunData, load_run
 from advface.report.notebook import write_notebook
 
@@ -21,6 +22,9 @@ class ReportPaths:
     figures: dict[str, Path]
     undrawn: list[str] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
+    # Ready-made PNGs of the run shown as figures (interpret/*.png), copied to figures/:
+    # name relative to the run directory -> the copy.
+    images: dict[str, Path] = field(default_factory=dict)
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
@@ -46,12 +50,19 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         pngs[name] = data
         paths[name] = fig_dir / f"{name}.png"
         paths[name].write_bytes(data)
+    images = read_images(run, image_names(run))
+    copies: dict[str, Path] = {}
+    for name, data in images.items():
+        if data is not None:
+            copies[name] = fig_dir / f"{image_id(name)}.png"
+            copies[name].write_bytes(data)
+    keep = {p.name for p in (*paths.values(), *copies.values())}
     for stale in fig_dir.glob("*.png"):
-        if stale.stem not in paths:
+        if stale.name not in keep:
             stale.unlink()
-    html = write_html(run, out / "report.html", figures=pngs)
+    html = write_html(run, out / "report.html", figures=pngs, images=images)
     nb_path = write_notebook(run_dir, out / "report.ipynb", execute=True, run=run) \
         if notebook else None
     return ReportPaths(out_dir=out, html=html, notebook=nb_path, figures=paths,
                        undrawn=[k for k, v in pngs.items() if v is None],
-                       missing=list(run.missing))
+                       missing=list(run.missing), images=copies)

@@ -512,6 +512,10 @@ def figure_builders(run: RunData) -> dict[str, Callable[[], Figure | None]]:
         "min_eps": lambda: fig_min_eps(run),
         "impersonation_examples": lambda: fig_impersonation(run),
     })
+    from advface.report.extras import fig_detector_roc, has_detector_roc
+
+    if has_detector_roc(run):  # only with `advface defend detect --run` results
+        builders["detector_roc"] = lambda: fig_detector_roc(run)
     return builders
 
 

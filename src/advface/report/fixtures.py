@@ -164,8 +164,11 @@ def cell_spec(model: str, attack: str, eps255: float | None, goal: str,
     return f"{model}/{attack}/{eps}/{goal}/{surface}"
 
 
-def make_fake_run(directory: str | Path, seed: int = 0, missing: Iterable[str] = ()) -> Path:
+def make_fake_run(directory: str | Path, seed: int = 0, missing: Iterable[str] = (),
+                  analyses: bool = False) -> Path:
     """Write a fabricated run directory at `directory` and return its path.
+
+    `analyses` also files fabricated interpret/ and defences/ results (`add_fake_analyses`).
 
     `missing` fabricates gaps, each entry one of:
       * a path relative to the run dir (`verification/dlib_resnet.json`, `images/clean/X`):
@@ -364,6 +367,8 @@ def make_fake_run(directory: str | Path, seed: int = 0, missing: Iterable[str] =
     }
     (root / "run.json").write_text(json.dumps(run, indent=1))
 
+    if analyses:
+        add_fake_analyses(root, seed=seed)
     for entry in missing:
         path = root / entry
         if entry == "running" or entry.removeprefix("pending:") in specs:
@@ -373,3 +378,164 @@ def make_fake_run(directory: str | Path, seed: int = 0, missing: Iterable[str] =
         elif path.exists():
             path.unlink()
     return root
+
+
+# ---- optional analyses (docs/run_dir.md: interpret/ and defences/) ---------------------------
+def _robust_eval(defence: str, rng: np.random.Generator, eps: list[float], n: int,
+                 clean: float, attacks: list[tuple[str, str]], strength: float,
+                 undefended: float | None) -> dict[str, Any]:
+    """A DefenceEvaluation.to_json()-shaped result with seeded, internally consistent numbers:
+    robust <= clean, adaptive <= naive-direct, worst case <= every attack."""
+    from advface.metrics.attack import wilson_interval
+
+    rows, worst = [], {}
+    for e in eps:
+        left = clean * math.exp(-strength * e)
+        accs: dict[str, float] = {}
+        for name, kind in attacks:
+            factor = 1.0 if kind == "adaptive" else float(rng.uniform(1.2, 2.5))
+            k = min(round(n * clean), round(n * min(clean, left * factor)))
+            accs[name] = k / n
+        if "adaptive" in accs and "naive-direct" in accs:
+            accs["adaptive"] = min(accs["adaptive"], accs["naive-direct"])
+        for name, kind in attacks:
+            lo, hi = wilson_interval(round(accs[name] * n), n)
+            rows.append({"eps255": float(e), "attack": name, "kind": kind,
+                         "robust_accuracy": accs[name], "ci95": [lo, hi],
+                         "seconds": round(float(rng.uniform(1, 30)), 2)})
+        worst[f"{float(e):g}"] = max(0.0, min(accs.values()) - (1 / n if rng.random() < 0.3
+                                                                 else 0.0))
+    return {"defence": defence, "n_images": n, "clean_accuracy": clean,
+            "undefended_clean_accuracy": undefended, "rows": rows, "worst_case": worst,
+            "attacks": [{"name": a, "kind": k} for a, k in attacks], "seed": 0,
+            "eval_draws": 1}
+
+
+def add_fake_analyses(run_dir: str | Path, seed: int = 0, interpret: bool = True,
+                      defences: bool = True) -> Path:
+    """File fabricated results of `advface interpret run-figures` (interpret/saliency_*.json
+    and .png, one per model, built from the run's own PNGs of a PGD 2/255 dodging cell) and of
+    `advface defend evaluate|detect|advtrain --run` (defences/*.json), shaped as those commands
+    write them. Numbers are seeded draws; only their shapes are real."""
+    root = Path(run_dir)
+    rng = np.random.default_rng(seed + 7)
+    if interpret:
+        import sqlite3
+
+        con = sqlite3.connect(root / "results.sqlite")
+        try:
+            for model in MODELS:
+                cid = con.execute(
+                    "SELECT cell_id FROM cells WHERE model=? AND attack='pgd' AND goal='dodging'"
+                    " AND surface='probe' ORDER BY eps LIMIT 1 OFFSET 1", (model,)).fetchone()[0]
+                rows = con.execute(
+                    'SELECT item_key, true_label, adv_pred, adv_path FROM "rows" WHERE cell_id=? '
+                    "ORDER BY item_key LIMIT 3", (cid,)).fetchall()
+                _fake_saliency(root, model, cid, rows, rng)
+        finally:
+            con.close()
+    if defences:
+        out = root / "defences"
+        out.mkdir(exist_ok=True)
+        eps = [2.0, 4.0, 8.0]
+        n = 24
+        clean = round(n * 0.75) / n
+        results: dict[str, Any] = {
+            "none": {**_robust_eval("LogitScorer", rng, eps, n, clean,
+                                    [("naive-direct", "naive"), ("adaptive", "adaptive")],
+                                    0.5, None), "params": {}}}
+        for key, params, strength in (("jpeg", {"quality": 75}, 0.15),
+                                      ("bit-depth", {"bits": 4}, 0.2)):
+            c = round(n * (clean - float(rng.uniform(0.0, 0.1)))) / n
+            results[key] = {**_robust_eval(
+                f"{key}({params})", rng, eps, n, c,
+                [("naive-transfer", "naive"), ("naive-direct", "naive"),
+                 ("adaptive", "adaptive")], strength, clean), "params": params}
+        settings = {"eps": eps, "naive_steps": 10, "steps": 50, "restarts": 2, "eot": 10,
+                    "eval_draws": 1, "n_images": n, "seed": 0}
+        (out / "evaluate_adhoc_model.json").write_text(json.dumps(
+            {"kind": "evaluate", "checkpoint": "/elsewhere/runs/models/adhoc_model",
+             "settings": settings, "n_identities": len(IDENTITIES), "results": results},
+            indent=1))
+        adv = _robust_eval("LogitScorer", rng, eps, n, round(n * 0.6) / n,
+                           [("naive-direct", "naive"), ("adaptive", "adaptive")], 0.12, None)
+        (out / "advtrain_advtrain_fgsm.json").write_text(json.dumps({
+            "kind": "advtrain", "checkpoint": "/elsewhere/runs/defences/advtrain_fgsm",
+            "n_identities": len(IDENTITIES),
+            "adversarial": {"attack": "fgsm-rs", "eps_8bit": 8.0, "steps": 1},
+            "evaluation_settings": {"eps_8bit": eps, "naive_steps": 10, "steps": 50,
+                                    "restarts": 2, "batch_size": 32},
+            "stop_reason": "time budget", "epochs": 6, "best_epoch": 5,
+            "clean_evaluation": {}, "results": {"adversarial-training": adv}}, indent=1))
+        from advface.metrics import verification as V
+
+        det: dict[str, Any] = {}
+        for e in (4.0, 8.0):
+            n_adv = int(rng.integers(10, 18))
+            scores = np.concatenate([rng.normal(0, 1, n), rng.normal(1.2 + e / 8, 1, n_adv)])
+            is_adv = np.concatenate([np.zeros(n, bool), np.ones(n_adv, bool)])
+            fpr, tpr, _ = V.roc(scores, is_adv)
+            thr = float(np.sort(scores[:n])[-2])
+            det[f"{e:g}"] = {
+                "auc": float(V.auc(scores, is_adv)), "threshold": thr,
+                "tpr_at_threshold": float((scores[n:] > thr).mean()),
+                "fpr_at_threshold": float((scores[:n] > thr).mean()),
+                "attack_success_rate": n_adv / n + 0.05, "n_adversarial": n_adv,
+                "roc": {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}}
+        (out / "detect_adhoc_model.json").write_text(json.dumps({
+            "kind": "detect", "checkpoint": "/elsewhere/runs/models/adhoc_model",
+            "fpr_target": 0.05, "threshold": det["4"]["threshold"],
+            "settings": {"bits": 5, "median_size": 2, "steps": 20, "seed": 0,
+                         "eps": [2.0, 4.0, 8.0]},
+            "n_clean_probes": n, "n_validation": 40, "clean_accuracy": clean,
+            "n_identities": len(IDENTITIES), "results": det}, indent=1))
+    return root
+
+
+def _fake_saliency(root: Path, model: str, cell_id: str, rows: list[tuple], rng:
+                   np.random.Generator) -> None:
+    """interpret/saliency_<model>_pgd.{png,json}; the PNG shows the run's own clean and
+    adversarial images."""
+    names = sorted(IDENTITIES)
+    panels = []
+    items = []
+    methods = ("vanilla", "smoothgrad", "ig")
+    for key, true, adv_pred, adv_path in rows:
+        clean = np.asarray(Image.open(root / "images" / "clean" / _png_rel(key)).convert("RGB"))
+        adv = np.asarray(Image.open(root / adv_path).convert("RGB"))
+        diff = np.clip(np.abs(adv.astype(np.int16) - clean.astype(np.int16)) * 10, 0, 255)
+        panels.append(np.concatenate([clean, adv, diff.astype(np.uint8)], axis=1))
+        per = {}
+        for m in methods:
+            share = float(rng.uniform(0.18, 0.45))
+            per[m] = {"energy_in_top": share, "enrichment": share / 0.2,
+                      "spearman": float(rng.uniform(-0.1, 0.5)),
+                      "pearson": float(rng.uniform(-0.1, 0.5)),
+                      "map_correlation": float(rng.uniform(0.2, 0.9)),
+                      "top_overlap": float(rng.uniform(0.3, 0.8))}
+        items.append({"key": key, "true": names[true], "adv_pred": names[adv_pred],
+                      "clean_pred": names[true], "stored_adv_pred": names[adv_pred],
+                      "decision_matches_run": True,
+                      "true_score_clean": float(rng.uniform(2, 6)),
+                      "true_score_adv": float(rng.uniform(-2, 1)),
+                      "ig_completeness_rel_gap": {"clean": float(rng.uniform(0, 0.1)),
+                                                  "adv": float(rng.uniform(0, 0.1))},
+                      "methods": per})
+    stem = f"saliency_{model}_pgd"
+    out = root / "interpret"
+    _save(out / f"{stem}.png", np.concatenate(panels, axis=0))
+    summary = {m: {k: float(np.mean([it["methods"][m][k] for it in items]))
+                   for k in items[0]["methods"][m]} for m in methods}
+    doc = {"kind": "saliency", "model": model, "figure": f"{stem}.png",
+           "cell": {"cell_id": cell_id, "attack": "pgd", "algorithm": "pgd", "eps255": 2.0,
+                    "norm": "linf", "goal": "dodging", "surface": "probe"},
+           "settings": {"n": 3, "attack": "pgd", "eps255": None, "smoothgrad_samples": 16,
+                        "smoothgrad_noise": 0.15, "ig_steps": 32, "ig_baseline": "black",
+                        "top_fraction": 0.2, "overlay_smooth_sigma": 1.5, "seed": 0},
+           "n_items": len(items), "diff_gain": 10, "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+           "items": items, "summary": summary,
+           "mean_true_score_clean": float(np.mean([i["true_score_clean"] for i in items])),
+           "mean_true_score_adv": float(np.mean([i["true_score_adv"] for i in items])),
+           "all_decisions_match_run": True, "fingerprint": "fabricated",
+           "fingerprint_matches_run": True, "seconds": 1.0, "advface_version": "0.1.0"}
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from advface import __version__
+from advface.report.extras import image_caption, image_id, image_names
 from advface.report.figures import all_figures, png_bytes
 from advface.report.load import RunData
 from advface.report.tables import Table, all_tables
@@ -94,6 +95,14 @@ def section_html(section: Section, figures: dict[str, bytes], tables: dict[str, 
             else:
                 parts.append(_figure_html(block.name, numbers[block.name], png,
                                           captions.get(block.name, block.name)))
+        elif block.kind == "image" and with_figures:
+            png = figures.get(block.name)
+            if png is None:
+                parts.append(f'<p class="nofig">Image “{html.escape(block.name)}” could not be '
+                             "read from the run directory.</p>")
+            else:
+                parts.append(_figure_html(image_id(block.name), numbers[block.name], png,
+                                          captions.get(block.name, block.name)))
         elif block.kind == "table":
             table = tables.get(block.name)
             if table is not None:
@@ -111,21 +120,46 @@ def place_unreferenced(sections: list[Section], names: list[str]) -> None:
             target.figure(name)
 
 
-def render_html(run: RunData, figures: dict[str, bytes | None]) -> str:
-    """The whole document as a string (figures already rendered to PNG bytes)."""
+def read_images(run: RunData, names: list[str]) -> dict[str, bytes | None]:
+    """PNG bytes of image blocks; an absent or unreadable file is None (and listed)."""
+    out: dict[str, bytes | None] = {}
+    for name in names:
+        path = run.run_dir / name
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None
+        if data is not None and not data.startswith(b"\x89PNG"):
+            data = None
+            if name not in run.unreadable_images:
+                run.unreadable_images.append(name)
+        out[name] = data
+    return out
+
+
+def render_html(run: RunData, figures: dict[str, bytes | None],
+                images: dict[str, bytes | None] | None = None) -> str:
+    """The whole document as a string (figures already rendered to PNG bytes).
+
+    `images`: bytes of the sections' image blocks (interpret figures), read here if not given.
+    """
     drawn = {k: v for k, v in figures.items() if v is not None}
     undrawn = [k for k, v in figures.items() if v is None]
+    if images is None:  # read before the sections, so Missing results lists a broken one
+        images = read_images(run, image_names(run))
     sections = build_sections(run, undrawn)
     place_unreferenced(sections, list(drawn))
     tables = all_tables(run, undrawn)
+    shown = {**drawn, **{k: v for k, v in images.items() if v is not None}}
     numbers: dict[str, int] = {}
     for s in sections:
         for b in s.blocks:
-            if b.kind == "figure" and b.name in drawn and b.name not in numbers:
+            if b.kind in ("figure", "image") and b.name in shown and b.name not in numbers:
                 numbers[b.name] = len(numbers) + 1
     captions = {name: figure_caption(run, name) for name in drawn}
+    captions.update({name: image_caption(run, name) for name in images})
     toc = "".join(f'<li><a href="#{s.key}">{html.escape(s.title)}</a></li>' for s in sections)
-    body = "\n".join(section_html(s, drawn, tables, captions, numbers) for s in sections)
+    body = "\n".join(section_html(s, shown, tables, captions, numbers) for s in sections)
     title = f"advface report — {run.run_dir.resolve().name}"
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"Run directory <code>{html.escape(str(run.run_dir.resolve()))}</code> · status "
@@ -142,12 +176,13 @@ def render_html(run: RunData, figures: dict[str, bytes | None]) -> str:
 
 
 def write_html(run: RunData, path: str | Path,
-               figures: dict[str, bytes | None] | None = None) -> Path:
+               figures: dict[str, bytes | None] | None = None,
+               images: dict[str, bytes | None] | None = None) -> Path:
     """Write the self-contained report; draws every figure itself unless given PNG bytes."""
     if figures is None:
         figures = {name: None if fig is None else png_bytes(fig)
                    for name, fig in all_figures(run).items()}
-    text = render_html(run, figures)
+    text = render_html(run, figures, images)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a crash never leaves a half-written report behind.

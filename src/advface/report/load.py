@@ -172,6 +172,11 @@ class RunData:
     rows: dict[str, list[Row]]
     identity_names: list[str]
     missing: list[Missing] = field(default_factory=list)
+    # Optional analyses filed with the run (docs/run_dir.md): interpret/*.json (saliency of
+    # `advface interpret run-figures`) and defences/*.json (`advface defend ... --run`), by
+    # file stem. Absent folders are not "missing": the report says which command adds them.
+    interpret: dict[str, dict[str, Any]] = field(default_factory=dict)
+    defences: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Images that exist but could not be decoded; filled while figures are drawn and listed
     # in the report (docs/architecture.md: unreadable images are skipped *and listed*).
     unreadable_images: list[str] = field(default_factory=list)
@@ -570,12 +575,31 @@ def load_run(run_dir: str | Path) -> RunData:
 
     names_raw = run.get("identity_names") or []
     identity_names = [str(n) for n in names_raw] if isinstance(names_raw, list) else []
+    interpret = _read_folder(run_dir, "interpret", missing)
+    for stem, doc in interpret.items():
+        fig = doc.get("figure")
+        if isinstance(fig, str) and fig and not (run_dir / "interpret" / fig).is_file():
+            missing.append(Missing("file", f"interpret/{fig}",
+                                   f"figure named by interpret/{stem}.json is absent"))
     return RunData(
         run_dir=run_dir, run=run, split=split, config_text=config_text, config=config,
         models=models,
         model_names=names, clean=clean, verification=verification, cells=cells, rows=rows,
-        identity_names=identity_names, missing=missing,
+        identity_names=identity_names, missing=missing, interpret=interpret,
+        defences=_read_folder(run_dir, "defences", missing),
     )
+
+
+def _read_folder(run_dir: Path, sub: str, missing: list[Missing]) -> dict[str, dict[str, Any]]:
+    """Every RUN_DIR/<sub>/*.json, by stem (sorted); a corrupt one raises like any other."""
+    folder = run_dir / sub
+    out: dict[str, dict[str, Any]] = {}
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            value = _read_json(path, missing, f"{sub}/{path.name}")
+            if value is not None:
+                out[path.stem] = _expect_dict(value, path)
+    return out
 
 
 def finite(values: list[float | None]) -> list[float]:

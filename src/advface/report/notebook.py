@@ -33,6 +33,7 @@ _FIGURE_CALLS = {
     "transfer_matrix": "F.fig_transfer(run)",
     "min_eps": "F.fig_min_eps(run)",
     "impersonation_examples": "F.fig_impersonation(run)",
+    "detector_roc": "X.fig_detector_roc(run)",
 }
 
 
@@ -68,6 +69,22 @@ def show_figure(fig: Any, name: str, undrawn: list[str] | None = None,
         display(HTML(f"<p><small>{html.escape(figure_caption(run, name))}</small></p>"))
 
 
+def show_image(run: RunData, name: str) -> None:
+    """Display a ready-made PNG of the run directory (an interpret figure) with its caption."""
+    import html
+
+    from IPython.display import HTML, Image, display
+
+    from advface.report.extras import image_caption
+
+    path = run.run_dir / name
+    if not path.is_file():
+        display(HTML(f"<p><i>Image “{html.escape(name)}” is not in the run directory.</i></p>"))
+        return
+    display(Image(filename=str(path), format="png"))
+    display(HTML(f"<p><small>{html.escape(image_caption(run, name))}</small></p>"))
+
+
 def show_section(run: RunData, key: str, undrawn: list[str] | None = None) -> None:
     """Display one section's prose and tables exactly as the HTML report renders them."""
     from IPython.display import HTML, display
@@ -100,10 +117,11 @@ def build_notebook(run: RunData, run_dir_in_notebook: str) -> nbformat.NotebookN
             "changes."),
         new_code_cell(
             "from pathlib import Path\n\n"
+            "from advface.report import extras as X\n"
             "from advface.report import figures as F\n"
             "from advface.report import stats as S\n"
             "from advface.report.load import load_run\n"
-            "from advface.report.notebook import show_figure, show_section\n\n"
+            "from advface.report.notebook import show_figure, show_image, show_section\n\n"
             f"RUN_DIR = Path({run_dir_in_notebook!r})\n"
             "run = load_run(RUN_DIR)\n"
             "undrawn: list[str] = []  # figures without data, listed under Missing results\n"
@@ -119,6 +137,8 @@ def build_notebook(run: RunData, run_dir_in_notebook: str) -> nbformat.NotebookN
             if block.kind == "figure" and block.name in names:
                 cells.append(new_code_cell(
                     f"show_figure({figure_call(block.name)}, {block.name!r}, undrawn, run)"))
+            elif block.kind == "image":
+                cells.append(new_code_cell(f"show_image(run, {block.name!r})"))
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python (advface)",
                                  "language": "python"}

@@ -281,7 +281,11 @@ def table_missing(run: RunData, undrawn: list[str] | None = None) -> Table | Non
 
 def all_tables(run: RunData, undrawn: list[str] | None = None) -> dict[str, Table | None]:
     """Every table of the report, keyed as the texts refer to them."""
+    from advface.report.extras import table_defences, table_detector, table_saliency
+
     return {
+        "saliency": table_saliency(run), "defences": table_defences(run),
+        "detector": table_detector(run),
         "split": table_split(run), "models": table_models(run),
         "classifiers": table_classifiers(run), "verification": table_verification(run),
         "attacks": table_attacks(run), "transfer": table_transfer(run),

@@ -53,7 +53,7 @@ def attack_name(attack: str) -> str:
 
 @dataclass
 class Block:
-    """A paragraph (`p`), a bullet list (`list`), a figure or a table reference."""
+    """A paragraph (`p`), a bullet list (`list`), a figure, a table or an image reference."""
 
     kind: str
     text: str = ""
@@ -80,6 +80,10 @@ class Section:
 
     def table(self, name: str) -> None:
         self.blocks.append(Block("table", name=name))
+
+    def image(self, name: str) -> None:
+        """A ready-made PNG of the run directory (`name` relative to it), shown as a figure."""
+        self.blocks.append(Block("image", name=name))
 
     def paragraphs(self) -> list[str]:
         """All prose of the section, list items included (for tests and plain-text export)."""
@@ -699,12 +703,15 @@ def section_missing(run: RunData, undrawn: list[str]) -> Section:
 
 def build_sections(run: RunData, undrawn: list[str] | None = None) -> list[Section]:
     """All sections in report order. `undrawn`: figure names that had no data."""
+    from advface.report.extras import section_defences, section_interpretability
+
     sums = S.summaries(run)
     undrawn = list(undrawn or [])
     return [
         section_abstract(run, sums, undrawn), section_introduction(run, sums),
         section_data(run, sums), section_classifiers(run, sums),
         section_adversary(run, sums), section_results(run, sums),
+        section_interpretability(run), section_defences(run),
         section_discussion(run, sums, undrawn), section_conclusion(run, sums),
         section_missing(run, undrawn),
     ]
@@ -729,6 +736,8 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "impersonation_examples": "Successful impersonations: probe, adversarial image (predicted "
                               "identity) and an image of the target identity when the run "
                               "holds one.",
+    "detector_roc": "ROC of the feature-squeezing detector: clean probes (negatives) against "
+                    "adversarial probes that fooled the model (positives); dotted: chance.",
 }
 
 

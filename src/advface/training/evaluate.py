@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from advface.metrics.identification import identification_metrics, random_baseline_for
@@ -37,10 +38,14 @@ def batched(fn, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
 
 def gallery_scores(
     probe_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_labels: torch.Tensor,
-    n_identities: int,
+    n_identities: int, metric: str = "cosine",
 ) -> torch.Tensor:
-    """``(P, C)``: per identity, the max cosine similarity to its gallery images."""
-    sims = probe_emb @ gallery_emb.T
+    """``(P, C)``: per identity, the best similarity to its gallery images (cosine, or minus
+    the Euclidean distance for models such as dlib's whose threshold is on distances)."""
+    if metric == "euclidean":
+        sims = -torch.cdist(probe_emb.float(), gallery_emb.float())
+    else:
+        sims = F.normalize(probe_emb, dim=1) @ F.normalize(gallery_emb, dim=1).T
     out = torch.full((sims.shape[0], n_identities), float("-inf"), dtype=sims.dtype)
     return out.scatter_reduce(1, gallery_labels.expand(sims.shape[0], -1), sims, reduce="amax")
 
@@ -58,7 +63,8 @@ def evaluate_model(
     model.eval()
     probe_emb = batched(model, probe_images, batch_size)
     gallery_emb = batched(model, gallery_images, batch_size)
-    nn_scores = gallery_scores(probe_emb, gallery_emb, gallery_labels, n_identities)
+    nn_scores = gallery_scores(probe_emb, gallery_emb, gallery_labels, n_identities,
+                               getattr(model, "metric", "cosine"))
     result: dict[str, Any] = {
         "n_probes": int(probe_labels.numel()),
         "n_identities": n_identities,
@@ -84,6 +90,8 @@ def format_table(result: dict[str, Any]) -> str:
     cols = [("gallery NN", result["gallery_nn"])]
     if result.get("softmax"):
         cols.insert(0, ("softmax", result["softmax"]))
+    for name, other in (result.get("compare") or {}).items():
+        cols.append((f"{name} NN", other["gallery_nn"]))
     cols.append(("random", result["random"]))
     rows = [f"rank-{k}" for k in KS] + [
         "accuracy", "macro_precision", "macro_recall", "macro_f1",

@@ -34,6 +34,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -620,8 +621,12 @@ def evaluate_prepared(model: AdHocNet, data: PreparedData, batch_size: int = 256
 
 
 def evaluate_run(out_dir: str | Path, data_dir: Path | None = None,
-                 cache_dir: Path | None = None) -> dict[str, Any]:
-    """Re-evaluate the best model of a finished run on its own split's probes."""
+                 cache_dir: Path | None = None, compare: Sequence[str] = ()) -> dict[str, Any]:
+    """Re-evaluate the best model of a finished run on its own split's probes.
+
+    ``compare`` names registered embedding models (e.g. ``dlib``) evaluated by gallery nearest
+    neighbour on the very same gallery and probe images, so the table is like for like.
+    """
     from advface.data.splits import ClosedSetSplit
 
     out = Path(out_dir)
@@ -639,4 +644,17 @@ def evaluate_run(out_dir: str | Path, data_dir: Path | None = None,
     if list(model.class_names) != data.identities and model.class_names:
         raise CheckpointError("the model's classes differ from the split's identities",
                               path=out, fix="evaluate the model with the split it was trained on")
-    return evaluate_prepared(model, data, cfg.eval_batch_size)
+    result = evaluate_prepared(model, data, cfg.eval_batch_size)
+    if compare:
+        if cfg.data.source != "chips":
+            raise ConfigError(f"comparing with {', '.join(compare)} needs the model trained on "
+                              "aligned chips", fix="train with data.source: chips")
+        from advface.models.registry import load_face_model
+
+        result["compare"] = {}
+        for name in compare:
+            other = load_face_model(name).eval()
+            result["compare"][name] = evaluate_model(
+                other, data.gallery_images, data.gallery_labels, data.probe_images,
+                data.probe_labels, len(data.identities), min(cfg.eval_batch_size, 32))
+    return result

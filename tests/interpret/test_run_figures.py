@@ -1,0 +1,178 @@
+"""`advface interpret run-figures RUN_DIR` (and `interpret: true`) on a tiny generated run.
+
+The run is made by `advface run` itself on a tiny LFW look-alike with untrained ad-hoc models
+(one deciding by its softmax head, one by the nearest gallery image) and dlib, as in
+tests/experiments/test_runner.py; saliency settings are cut down so the whole module takes
+seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from advface.cli.interpret import app as interpret_app
+from advface.cli.main import app as main_app
+from advface.data.lfw import open_lfw
+from advface.data.splits import make_closed_set_split
+from advface.data.synthetic import make_tiny_lfw
+from advface.experiments.store import ResultsStore
+from advface.interpret.run_figures import choose_cell
+from advface.models.adhoc import AdHocArch, AdHocNet, save_adhoc
+from advface.report.build import build_report
+from advface.report.load import load_run
+from advface.report.text import build_sections
+
+runner = CliRunner()
+FAST = ["--n", "2", "--samples", "3", "--steps", "6"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Many tiny ops on shared cores: one thread avoids contention (as tests/defences)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(_one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run made with `advface run` and `interpret: true` in its config."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_tiny_lfw(root / "data", n_people=5, images_per_person=(3, 5), seed=1)
+    cache = root / "cache"
+    split = make_closed_set_split(open_lfw(data, cache).records, min_images=2,
+                                  distractors=False, seed=0)
+    torch.manual_seed(0)
+    net = AdHocNet(AdHocArch(n_classes=len(split.identities), widths=(8, 16), blocks=(1, 1),
+                             internal_size=32, embedding_dim=16), class_names=split.identities)
+    ckpt = save_adhoc(net.eval(), root / "adhoc" / "model")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(f"""
+name: tiny
+seed: 0
+data: {{data_dir: {data}, cache_dir: {cache}, min_images: 2, distractors: false}}
+models:
+  - {{name: dlib, source: dlib}}
+  - {{name: soft, source: adhoc, checkpoint: {ckpt}, decision: softmax}}
+  - {{name: gal, source: adhoc, checkpoint: {ckpt}}}
+n_probes: null
+batch_size: 5
+verification: false
+align_upsample: 0
+interpret: true
+attacks:
+  - {{name: pgd, params: {{steps: 5}}, eps_8bit: [4, 16], goals: [dodging]}}
+  - {{name: fgsm, eps_8bit: [4], goals: [dodging]}}
+  - {{name: deepfool, norm: l2, goals: [dodging], models: [gal]}}
+""")
+    out = root / "run"
+    res = runner.invoke(main_app, ["run", str(cfg), "--out", str(out), "--no-report",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_interpret_true_makes_figures_after_the_run(tiny_run: Path) -> None:
+    """`interpret: true` ran the command at the end of `advface run`, for every model."""
+    folder = tiny_run / "interpret"
+    for model in ("dlib", "soft", "gal"):
+        doc = json.loads((folder / f"saliency_{model}_pgd.json").read_text())
+        assert doc["model"] == model and doc["cell"]["attack"] == "pgd"
+        assert (folder / doc["figure"]).is_file()
+    # The switch is post-processing: it is not part of the stored config (nor its hash).
+    assert "interpret" not in (tiny_run / "config.yaml").read_text()
+
+
+def test_run_figures_explains_fooled_probes(tiny_run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(interpret_app, ["run-figures", str(tiny_run), "--model", "dlib",
+                                        "--model", "gal", "--eps", "16", *FAST])
+    assert res.exit_code == 0, res.output
+    assert "dlib: 2 probes of pgd 16/255" in res.output
+    run = load_run(tiny_run)
+    for model in ("dlib", "gal"):
+        doc = json.loads((tiny_run / "interpret" / f"saliency_{model}_pgd.json").read_text())
+        assert doc["cell"]["eps255"] == pytest.approx(16)
+        assert doc["settings"]["smoothgrad_samples"] == 3 and doc["settings"]["ig_steps"] == 6
+        cell = run.cell(doc["cell"]["cell_id"])
+        stored = {r.item_key: r for r in run.rows[cell.cell_id]}
+        assert doc["n_items"] == len(doc["items"]) == 2
+        for item in doc["items"]:
+            row = stored[item["key"]]
+            # Genuine dodging only: right when clean, fooled on the saved PNG.
+            assert row.success and row.clean_pred == row.true_label
+            assert item["true"] == run.identity_name(row.true_label)
+            # The rebuilt model reproduces the run's decisions (same gallery, same identities).
+            assert item["decision_matches_run"] and item["adv_pred"] != item["true"]
+            for m in ("vanilla", "smoothgrad", "ig"):
+                share = item["methods"][m]["energy_in_top"]
+                assert 0.0 <= share <= 1.0
+                assert item["methods"][m]["enrichment"] == pytest.approx(share / 0.2)
+        for m, summary in doc["summary"].items():
+            values = [i["methods"][m]["map_correlation"] for i in doc["items"]]
+            assert summary["map_correlation"] == pytest.approx(sum(values) / len(values))
+        assert doc["fingerprint_matches_run"] is True
+        with Image.open(tiny_run / "interpret" / doc["figure"]) as im:
+            assert im.format == "PNG" and im.width > 1000 and im.height > 200
+
+
+def test_default_budget_is_the_smallest_that_fooled_n(tiny_run: Path) -> None:
+    run = load_run(tiny_run)
+    cell, rows = choose_cell(run, "dlib", "pgd", None, 2)
+    assert cell.eps255 == pytest.approx(4) and len(rows) == 2
+    assert [r.item_key for r in rows] == sorted(r.item_key for r in rows)
+    assert "budgets: 4, 16" in choose_cell(run, "dlib", "pgd", 8.0, 2)
+    assert "dodging attacks run: fgsm, pgd" in choose_cell(run, "dlib", "cw", None, 2)
+
+
+def test_nothing_to_explain_is_a_clear_error(tiny_run: Path) -> None:
+    res = runner.invoke(interpret_app, ["run-figures", str(tiny_run), "--attack", "cw", *FAST])
+    assert res.exit_code != 0
+    assert "no model has a fooled probe" in str(res.exception)
+    assert "skipped, no finished cw dodging cell on dlib" in res.output
+
+
+def test_minimum_norm_attack_beside_pgd(tiny_run: Path) -> None:
+    """A second attack on the same model gets its own files; no budget to choose."""
+    res = runner.invoke(interpret_app, ["run-figures", str(tiny_run), "--model", "gal",
+                                        "--attack", "deepfool", *FAST])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tiny_run / "interpret" / "saliency_gal_deepfool.json").read_text())
+    assert doc["cell"]["eps255"] is None and doc["cell"]["norm"] == "l2"
+    assert (tiny_run / "interpret" / "saliency_gal_pgd.json").is_file()
+    text = "\n".join(p for s in build_sections(load_run(tiny_run)) if s.key == "interpretability"
+                     for p in s.paragraphs())
+    assert "fooled by deepfool (dodging) without a fixed budget (minimum-norm, l2)" in text
+    assert "fooled by pgd (dodging) at 4/255" in text
+
+
+def test_report_includes_the_figures(tiny_run: Path, tmp_path: Path) -> None:
+    paths = build_report(tiny_run, tmp_path / "report", notebook=False)
+    page = paths.html.read_text(encoding="utf-8")
+    assert '<section id="interpretability">' in page
+    for model in ("dlib", "soft", "gal"):
+        assert f"interpret/saliency_{model}_pgd.png" in paths.images
+        assert f'id="fig-interpret-saliency_{model}_pgd"' in page
+    doc = json.loads((tiny_run / "interpret" / "saliency_dlib_pgd.json").read_text())
+    share = doc["summary"]["smoothgrad"]["energy_in_top"]
+    assert math.isfinite(share) and f"SmoothGrad {100 * share:.1f}%" in page
+    with ResultsStore(tiny_run / "results.sqlite") as store:
+        assert any(c["attack"] == "pgd" for c in store.cells())
+
+
+def test_default_config_switches_interpret_on_without_touching_its_hash() -> None:
+    from advface.config import to_yaml
+    from advface.experiments.config import load_experiment
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "lfw_default.yaml"
+    cfg = load_experiment(path)
+    assert cfg.interpret is True and load_experiment(path, quick=True).interpret is True
+    # Left out of config.yaml: run directories made before the switch still resume.
+    assert "interpret" not in to_yaml(cfg)
