@@ -305,7 +305,10 @@ def _short(name: str, n: int = 14) -> str:
 
 
 def fig_adversarial_grid(run: RunData, n_items: int = 2) -> Figure | None:
-    """Original, adversarial and |difference| x10 at several eps for a few identities per model.
+    """Original, adversarial and difference x10 (signed, mid-grey = unchanged) at several eps.
+
+    Signed around grey rather than |difference| on black: at 1-2/255 a x10 magnitude is still
+    nearly black, while the sign pattern around grey shows where and how the image moved.
 
     Items are those attacked at every eps of the series, preferring ones the attack fooled at
     the largest eps, one per identity, so the grid shows what a successful perturbation looks like.
@@ -355,7 +358,7 @@ def fig_adversarial_grid(run: RunData, n_items: int = 2) -> Figure | None:
                 if adv is not None:
                     a_ax.imshow(adv, interpolation="nearest")
                     if clean is not None and adv.shape == clean.shape:
-                        diff = np.abs(adv.astype(np.int16) - clean.astype(np.int16)) * 10
+                        diff = 128 + (adv.astype(np.int16) - clean.astype(np.int16)) * 10
                         d_ax.imshow(np.clip(diff, 0, 255).astype(np.uint8),
                                     interpolation="nearest")
                 else:
@@ -364,7 +367,7 @@ def fig_adversarial_grid(run: RunData, n_items: int = 2) -> Figure | None:
                 wrong = row.adv_pred != row.true_label
                 a_ax.set_title(f"{attack} {fmt_eps(cell.eps255 or 0)}\n→ {_short(pred)}",
                                fontsize=7, color="C3" if wrong else "0.2")
-                d_ax.set_title("|Δ| ×10", fontsize=7)
+                d_ax.set_title("Δ ×10 (grey: 0)", fontsize=7)
             r += 1
     for ax in axes.ravel():
         ax.set_xticks([])

@@ -725,8 +725,9 @@ FIGURE_CAPTIONS: dict[str, str] = {
                        "items) and attack success rate (bottom) against the L∞ budget, one "
                        "column per goal; dotted: random guess.",
     "robustness_l2": "Robust rank-1 accuracy and attack success rate against the L2 budget.",
-    "adversarial_grid": "Original, adversarial and |difference| ×10 at increasing budgets; "
-                        "titles give the predicted identity (red: not the true one).",
+    "adversarial_grid": "Original, adversarial and difference ×10 (signed, mid-grey = unchanged) "
+                        "at increasing budgets; titles give the predicted identity (red: not "
+                        "the true one).",
     "visibility_linf": "Mean SSIM and PSNR of the saved adversarial images against ε; dashed: "
                        "the lowest PSNR the L∞ budget allows.",
     "visibility_l2": "Mean SSIM and PSNR of the saved adversarial images against the L2 budget.",
