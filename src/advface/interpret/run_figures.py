@@ -214,11 +214,11 @@ def _short(name: str, n: int = 16) -> str:
 
 
 def diff_gain(clean: Tensor, adv: Tensor) -> int:
-    """Amplification of |adv - clean| for display: at least x10 (as the report's adversarial
-    grid), more when that stays too dark to see (small budgets); one gain per figure so its
-    rows compare."""
+    """Amplification of adv - clean for display, shown signed around mid-grey: at least x10
+    (as the report's adversarial grid), more when that stays too faint (small budgets) but never
+    so much that the largest change saturates; one gain per figure so its rows compare."""
     max_diff = float((adv - clean).abs().amax()) * 255.0
-    return max(10, math.floor(255.0 / max_diff)) if max_diff > 0 else 10
+    return max(10, math.floor(127.0 / max_diff)) if max_diff > 0 else 10
 
 
 def saliency_figure(clean: Tensor, adv: Tensor, attrs: dict[str, Tensor], labels: list[str],
@@ -231,7 +231,7 @@ def saliency_figure(clean: Tensor, adv: Tensor, attrs: dict[str, Tensor], labels
 
     n = clean.shape[0]
     gain = diff_gain(clean, adv)
-    heads = ["clean", "adversarial", f"|diff| ×{gain}"]
+    heads = ["clean", "adversarial", f"diff ×{gain} (grey: 0)"]
     for m in METHODS:
         heads += [f"{_SHORT[m]} (clean)", f"{_SHORT[m]} (adv.)"]
     heads.append(f"|diff| on top-{fraction:.0%}\nSmoothGrad pixels")
@@ -243,9 +243,10 @@ def saliency_figure(clean: Tensor, adv: Tensor, attrs: dict[str, Tensor], labels
         n, *clean.shape[-2:])
     for i in range(n):
         c, a = _u8(clean[i]), _u8(adv[i])
-        diff = np.clip(np.abs(a.astype(np.int16) - c.astype(np.int16)) * gain, 0, 255)
+        delta = a.astype(np.int16) - c.astype(np.int16)
+        diff = np.clip(np.abs(delta) * 2 * gain, 0, 255)
         dim = 0.2 + 0.8 * top[i].numpy()[..., None]
-        panels = [c, a, diff.astype(np.uint8)]
+        panels = [c, a, np.clip(128 + delta * gain, 0, 255).astype(np.uint8)]
         for m in METHODS:
             panels += [overlay(clean[i], maps[m][i]), overlay(adv[i], maps[m][n + i])]
         panels.append((diff * dim).round().astype(np.uint8))

@@ -87,9 +87,10 @@ def image_caption(run: RunData, name: str) -> str:
             return (f"Saliency of the true identity's score on {doc.get('model', '?')}, probes "
                     f"fooled by {cell.get('attack', '?')} (dodging) {_budget(cell)}; row "
                     "labels: true identity → decision on the adversarial image. "
-                    f"Columns: clean, adversarial, |difference| ×{gain}, then the vanilla "
-                    "gradient, SmoothGrad and Integrated Gradients overlays on the clean and on "
-                    "the adversarial image (each map scaled to its own 99th percentile), and the "
+                    f"Columns: clean, adversarial, difference ×{gain} (signed, grey = 0), then "
+                    "the vanilla gradient, SmoothGrad and Integrated Gradients overlays on the "
+                    "clean and on the adversarial image (each map scaled to its own 99th "
+                    "percentile), and the "
                     f"perturbation with the pixels outside the clean image's top-{top:.0%} "
                     "SmoothGrad pixels dimmed, captioned with the share of the perturbation "
                     "energy on them.")
