@@ -23,6 +23,7 @@ Loader = Callable[..., nn.Module]
 # name -> loader (a callable, or "module:function" imported lazily).
 MODEL_LOADERS: dict[str, Loader | str] = {
     "dlib": "advface.models.dlib_resnet:load_dlib_resnet",
+    "dlib-flip": "advface.models.flip_average:load_dlib_flip",
 }
 
 # file suffix -> loader taking the path as first argument.
