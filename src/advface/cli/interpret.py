@@ -189,7 +189,7 @@ def run_figures(
         "probes)")] = None,
     samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 16,
     noise: Annotated[float, typer.Option("--noise", help="SmoothGrad noise std")] = 0.15,
-    steps: Annotated[int, typer.Option("--steps", help="IG quadrature steps")] = 32,
+    steps: Annotated[int, typer.Option("--steps", help="IG quadrature steps")] = 128,
     baseline: Annotated[str, typer.Option("--baseline", help="IG baseline: black or blur")
                         ] = "black",
     top: Annotated[float, typer.Option(

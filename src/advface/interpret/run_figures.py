@@ -55,7 +55,7 @@ class SaliencySettings:
     eps255: float | None = None
     samples: int = 16
     noise: float = 0.15
-    steps: int = 32
+    steps: int = 128  # 32 left a 23% completeness gap on dlib's max-over-gallery score; 128: ~7%
     baseline: str = "black"
     top_fraction: float = 0.2
     smooth: float = 1.5
