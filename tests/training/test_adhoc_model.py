@@ -113,3 +113,23 @@ def test_unreadable_safetensors_with_matching_checksum_is_refused(tmp_path) -> N
     (tmp_path / "m.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="unreadable safetensors"):
         load_adhoc(path)
+
+
+def test_pointwise_conv_is_a_strided_1x1_conv() -> None:
+    """The shortcut's subsample-then-1x1 conv equals nn.Conv2d(k=1, stride) on odd and even
+    sizes, with the same parameter names (old checkpoints load), in either memory format."""
+    from torch import nn
+
+    from advface.models.adhoc import PointwiseConv
+
+    torch.manual_seed(0)
+    for stride in (1, 2):
+        ref = nn.Conv2d(4, 8, 1, stride, bias=False)
+        ours = PointwiseConv(4, 8, stride)
+        ours.load_state_dict(ref.state_dict())
+        for size in (15, 16):
+            x = torch.rand(3, 4, size, size)
+            assert torch.allclose(ours(x), ref(x), atol=1e-6)
+            xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            ours(xc).sum().backward()
+            assert xc.grad is not None and torch.isfinite(xc.grad).all()

@@ -94,6 +94,25 @@ class AdHocArch:
         return cls(**d)
 
 
+class PointwiseConv(nn.Conv2d):
+    """1x1 convolution whose stride is applied by subsampling first.
+
+    Same function and parameters as ``nn.Conv2d(cin, cout, 1, stride)`` (a 1x1 kernel with no
+    padding only reads every ``stride``-th pixel), but it never reaches oneDNN's strided 1x1
+    backward kernel, which corrupts the heap on channels_last input with few (4) input channels
+    on torch 2.13 CPU (seen on AMD EPYC: "corrupted double-linked list" in ``loss.backward``).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sy, sx = self.stride
+        if sy > 1 or sx > 1:
+            x = x[:, :, ::sy, ::sx]
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 conv+BN; a 1x1 projection shortcut when the shape changes."""
 
@@ -106,7 +125,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                PointwiseConv(cin, cout, stride), nn.BatchNorm2d(cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
