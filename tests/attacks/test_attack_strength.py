@@ -166,3 +166,32 @@ def test_transfer_judges_on_target() -> None:
     assert torch.equal(result.extras["surrogate_success"], direct.success)
     with torch.no_grad():
         assert torch.equal(result.success, goal.success(target(result.adv)))
+
+
+class _OnlyCleanIsWrong(nn.Module):
+    """Predicts class 0 at exactly the clean image and class 1 anywhere measurably away."""
+
+    def __init__(self, clean: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("clean", clean)
+
+    def forward(self, x: Tensor) -> Tensor:
+        away = (x - self.clean[: x.shape[0]]).abs().flatten(1).sum(1)
+        return torch.stack([1.0 - 1000.0 * away, torch.zeros_like(away)], dim=1)
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_clean_image_stays_a_candidate_with_or_without_early_stop(early_stop: bool) -> None:
+    """A random-start PGD whose every candidate fails still reports the clean image when the
+    model already gets it wrong (dodging at zero cost), and counts forwards as documented."""
+    clean = grid_images(2, size=8, seed=3)
+    model = _OnlyCleanIsWrong(clean)
+    calls: list[int] = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    attack = PGD(Budget.from_8bit("linf", 8), steps=0, random_restarts=1, zero_start=False,
+                 early_stop=early_stop)
+    res = attack.run(model, clean, Dodging(torch.ones(2, dtype=torch.long)), seed=0)
+    assert bool(res.success.all()) and torch.equal(res.adv, clean)
+    # early stop: clean (2), nothing left to attack, re-judge (2); without: the random start
+    # (2), then clean only where it failed (2), re-judge (2).
+    assert sum(calls) == (4 if early_stop else 6)

@@ -176,3 +176,68 @@ def test_default_config_switches_interpret_on_without_touching_its_hash() -> Non
     assert cfg.interpret is True and load_experiment(path, quick=True).interpret is True
     # Left out of config.yaml: run directories made before the switch still resume.
     assert "interpret" not in to_yaml(cfg)
+
+
+def test_run_identity_visualises_every_model(tiny_run: Path, tmp_path: Path) -> None:
+    """Softmax and gallery models alike: files, decisions re-checkable, report section."""
+    from advface.experiments.reload import load_run_models
+    from advface.interpret.run_identity import IdentitySettings, model_identity
+
+    res = runner.invoke(interpret_app, ["run-identity", str(tiny_run), "--n", "3",
+                                        "--steps", "25"])
+    assert res.exit_code == 0, res.output
+    run = load_run(tiny_run)
+    loaded = load_run_models(tiny_run, ["soft", "gal"])
+    docs = {}
+    for model in ("dlib", "soft", "gal"):
+        doc = json.loads((tiny_run / "interpret" / f"identity_{model}.json").read_text())
+        docs[model] = doc
+        assert doc["kind"] == "identity" and doc["n_items"] == 3
+        assert doc["settings"]["steps"] == 25
+        names = [i["identity"] for i in doc["items"]]
+        assert len(set(names)) == 3
+        for item in doc["items"]:
+            # always another person's face as the start, and the ascent raised the objective
+            assert item["start_identity"] != item["identity"]
+            assert item["objective_face"][1] > item["objective_face"][0]
+            assert item["objective_noise"][1] > item["objective_noise"][0]
+            assert item["change_linf255"] > 0
+        with Image.open(tiny_run / "interpret" / doc["figure"]) as im:
+            assert im.format == "PNG" and im.width > 500
+    # every model shows the same people (chosen from the run, not the model)
+    assert len({tuple(i["identity"] for i in d["items"]) for d in docs.values()}) == 1
+    assert "centroid" in docs["gal"]["objective"] and "logit" in docs["soft"]["objective"]
+    # deterministic: the same settings and seed give the same objective values
+    again = model_identity(run, "gal", loaded.models["gal"].scorer, loaded.models["gal"].model,
+                           IdentitySettings(n=3, steps=25), tmp_path)
+    assert [v for i in again["items"] for v in i["objective_face"]] == pytest.approx(
+        [v for i in docs["gal"]["items"] for v in i["objective_face"]], abs=1e-5)
+    paths = build_report(tiny_run, tmp_path / "report", notebook=False)
+    page = paths.html.read_text(encoding="utf-8")
+    for model in ("dlib", "soft", "gal"):
+        assert f"interpret/identity_{model}.png" in paths.images
+        assert f'id="fig-interpret-identity_{model}"' in page
+    assert "Identity visualisation asks what each classifier" in page
+
+
+def test_gallery_objective_is_the_centroid_similarity(tiny_run: Path) -> None:
+    from advface.experiments.reload import load_run_models
+    from advface.identify.embeddings import prepare_input
+    from advface.interpret.run_identity import objectives
+
+    lm = load_run_models(tiny_run, ["gal"]).models["gal"]
+    targets = torch.tensor([0, 2])
+    noise_obj, face_obj, what = objectives(lm.scorer, lm.model, targets)
+    assert "centroid" in what
+    x = torch.rand(2, 3, 150, 150, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = lm.model(prepare_input(x, lm.scorer.input_size))
+        c = lm.scorer.gallery.centroids[targets]
+        expected = (-(emb - c).norm(dim=1) if lm.scorer.gallery.metric == "euclidean"
+                    else torch.nn.functional.cosine_similarity(emb, c, dim=1))
+        assert torch.allclose(noise_obj(x), expected, atol=1e-5)
+        assert torch.allclose(face_obj(x), expected, atol=1e-5)
+    with pytest.raises(Exception, match="at least 2 identities"):
+        from advface.interpret.run_identity import IdentitySettings
+
+        IdentitySettings(n=1)

@@ -220,3 +220,41 @@ def run_figures(
                         log=typer.echo)
     typer.echo(f"wrote {len(docs)} saliency figure(s) to {run_dir / 'interpret'}; "
                f"`advface report {run_dir}` includes them")
+
+
+@app.command("run-identity")
+def run_identity(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by `advface run`")],
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="model of the run (repeat for several; default: all)")] = None,
+    n: Annotated[int, typer.Option("--n", help="identities per model (>= 2)")] = 4,
+    steps: Annotated[int, typer.Option("--steps", help="gradient-ascent steps")] = 200,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    jitter: Annotated[int, typer.Option("--jitter", help="max shift in pixels (0: off)")] = 4,
+    blur_every: Annotated[int, typer.Option("--blur-every", help="0: off")] = 8,
+    blur_sigma: Annotated[float, typer.Option("--blur-sigma")] = 0.5,
+    tv_weight: Annotated[float, typer.Option("--tv-weight")] = 0.002,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="LFW folder or archive (default: the run's config)")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="cache folder (default: the run's config)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+) -> None:
+    """Identity visualisation of each model of a run (softmax: the identity's score; gallery
+    models: similarity to the identity's centroid), from noise and from another person's
+    probe; writes RUN_DIR/interpret/identity_<model>.{png,json}, which `advface report`
+    includes."""
+    from advface.interpret.run_identity import IdentitySettings
+    from advface.interpret.run_identity import run_identity as _run_identity
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = IdentitySettings(n=n, steps=steps, lr=lr, jitter=jitter, blur_every=blur_every,
+                                blur_sigma=blur_sigma, tv_weight=tv_weight, seed=seed)
+    docs = _run_identity(run_dir, model or None, settings, data_dir=data, cache_dir=cache,
+                         progress=True, log=typer.echo)
+    typer.echo(f"wrote {len(docs)} identity figure(s) to {run_dir / 'interpret'}; "
+               f"`advface report {run_dir}` includes them")

@@ -24,6 +24,7 @@ Loader = Callable[..., nn.Module]
 MODEL_LOADERS: dict[str, Loader | str] = {
     "dlib": "advface.models.dlib_resnet:load_dlib_resnet",
     "dlib-flip": "advface.models.flip_average:load_dlib_flip",
+    "dlib-jitter": "advface.models.jitter_average:load_dlib_jitter",
 }
 
 # file suffix -> loader taking the path as first argument.

@@ -26,7 +26,8 @@ METHOD_NAMES = {"vanilla": "vanilla gradient", "smoothgrad": "SmoothGrad",
                 "ig": "Integrated Gradients"}
 NOT_RUN_INTERPRET = ("Not run for this run directory: `advface interpret run-figures RUN_DIR` "
                      "(or `interpret: true` in the experiment config) adds saliency maps of "
-                     "clean and adversarial probes here.")
+                     "clean and adversarial probes here, `advface interpret run-identity "
+                     "RUN_DIR` identity visualisations.")
 NOT_RUN_DEFENCES = ("Not run for this run directory: `advface defend evaluate --checkpoint CKPT "
                     "--run RUN_DIR` (input transformations, naive and adaptive attacks), "
                     "`advface defend detect --checkpoint CKPT --run RUN_DIR` (feature-squeezing "
@@ -71,13 +72,29 @@ def image_name(stem: str, doc: dict[str, Any]) -> str | None:
     return f"interpret/{fig}" if isinstance(fig, str) and fig else None
 
 
+def identity_docs(run: RunData) -> list[tuple[str, dict[str, Any]]]:
+    """(stem, document) of every identity-visualisation file, in the run's model order."""
+    docs = [(k, d) for k, d in run.interpret.items() if d.get("kind") == "identity"
+            and isinstance(d.get("items"), list)]
+    order = {m: i for i, m in enumerate(run.model_names)}
+    return sorted(docs, key=lambda kd: (order.get(str(kd[1].get("model")), 99), kd[0]))
+
+
 def image_names(run: RunData) -> list[str]:
     """Every interpret figure the report shows, relative to the run directory."""
-    return [n for stem, doc in saliency_docs(run) if (n := image_name(stem, doc)) is not None]
+    return [n for stem, doc in saliency_docs(run) + identity_docs(run)
+            if (n := image_name(stem, doc)) is not None]
 
 
 def image_caption(run: RunData, name: str) -> str:
     """Caption of an image block (an interpret figure), built from its document."""
+    for stem, doc in identity_docs(run):
+        if image_name(stem, doc) == name:
+            return (f"Identity visualisation on {doc.get('model', '?')} "
+                    f"({doc.get('objective', '?')}). Columns: a probe photo of the identity, "
+                    "the image grown from noise, another person's probe, that face pushed "
+                    "toward the identity, and the change (signed, amplified); under each image "
+                    "the model's decision on it.")
     for stem, doc in saliency_docs(run):
         if image_name(stem, doc) == name:
             cell = doc.get("cell") or {}
@@ -110,7 +127,10 @@ def section_interpretability(run: RunData) -> Section:
     sec = Section("interpretability", "Interpretability")
     docs = saliency_docs(run)
     if not docs:
-        sec.p(NOT_RUN_INTERPRET)
+        if identity_docs(run):
+            _identity_paragraphs(sec, run)
+        else:
+            sec.p(NOT_RUN_INTERPRET)
         return sec
     sec.p("Saliency maps show which pixels the score of an identity is most sensitive to. The "
           "vanilla gradient is the derivative of the score with respect to the pixels "
@@ -174,7 +194,42 @@ def section_interpretability(run: RunData) -> Section:
         if name is not None:
             sec.image(name)
     sec.table("saliency")
+    _identity_paragraphs(sec, run)
     return sec
+
+
+def _identity_paragraphs(sec: Section, run: RunData) -> None:
+    docs = identity_docs(run)
+    if not docs:
+        return
+    st = docs[0][1].get("settings") or {}
+    sec.p("Identity visualisation asks what each classifier thinks a person looks like: "
+          "gradient ascent on the input raises one identity's score (Erhan et al. 2009; "
+          "Simonyan et al. 2014) — the softmax logit, or for an embedding model the "
+          "similarity to the centroid of the identity's gallery embeddings — from noise, and "
+          "from another person's probe, with image priors that keep the result from being "
+          f"adversarial noise: random shifts of up to {st.get('jitter', '?')} pixels, a "
+          f"Gaussian blur (sigma {st.get('blur_sigma', '?')}) every "
+          f"{st.get('blur_every', '?')} steps and a total-variation penalty (weight "
+          f"{st.get('tv_weight', '?')}); {st.get('steps', '?')} Adam steps. Unlike the "
+          "attacks, the change is unbounded: it shows the direction the model calls this "
+          "identity.")
+    for stem, doc in docs:
+        n = len(doc.get("items") or [])
+        text = (f"{doc.get('model', stem)} ({doc.get('objective', '?')}): the image grown from "
+                "noise is identified as the visualised person for "
+                f"{doc.get('noise_is_identity', '?')} of {n} identities, the pushed face of "
+                "another person for "
+                f"{doc.get('pushed_is_identity', '?')} of {n}")
+        changes = [v for i in doc.get("items") or [] if isinstance(i, dict)
+                   and (v := _f(i.get("change_linf255"))) is not None]
+        if changes:
+            text += (f"; the face's largest pixel change is {min(changes):.0f}–"
+                     f"{max(changes):.0f}/255 (L-inf), far above the attacks' budgets")
+        sec.p(text + ".")
+        name = image_name(stem, doc)
+        if name is not None:
+            sec.image(name)
 
 
 def table_saliency(run: RunData) -> Table | None:
