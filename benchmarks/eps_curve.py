@@ -16,6 +16,9 @@ Methods (all dodging PGD L-inf, ``--steps`` steps, advface's default PGD setting
 ``minimal-eps``   (iii) ``minimal_eps(strategy="bisect")``; success at eps = min_eps <= eps
 ``per-eps-no-es`` reference: (i) without early stopping (every image runs every step, as
                   peer libraries do)
+``torchattacks-per-eps`` the peer's way: one ``torchattacks.PGD`` run per grid eps (same steps
+                  and step size, one random start, no early stopping, no best-iterate
+                  tracking): the "one PGD run per epsilon" a user would otherwise write
 
 Success is re-judged here, outside the timed region, on the 8-bit rounded images each method
 returns (checked to lie within the eps ball) with the model's own decision. Each (method, round)
@@ -59,8 +62,9 @@ from _models import (
 )
 from torch import Tensor, nn
 
-METHODS = ("per-eps", "sweep", "minimal-eps", "per-eps-no-es")
+METHODS = ("per-eps", "sweep", "minimal-eps", "per-eps-no-es", "torchattacks-per-eps")
 BASELINE = "per-eps"
+PEER = "torchattacks-per-eps"
 GRID255 = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -96,6 +100,19 @@ def method_fn(method: str, model: nn.Module, bench: Bench, grid: list[float],
     def factory(budget: Budget) -> PGD:
         return PGD(budget, steps=steps, early_stop=method != "per-eps-no-es")
 
+    if method == PEER:
+        import torchattacks
+
+        def peer() -> dict[float, Tensor]:
+            torch.manual_seed(0)  # torchattacks draws its random start from the global RNG
+            out = {}
+            for e in grid:
+                alpha = max(2.5 * e / steps, 1 / 255)
+                out[e] = torchattacks.PGD(model, eps=e, alpha=alpha, steps=steps,
+                                          random_start=True)(x, bench.y)
+            return out
+
+        return peer
     if method in ("per-eps", "per-eps-no-es"):
         return lambda: {e: factory(Budget("linf", e)).run(model, x, goal, seed=0).adv
                         for e in grid}
@@ -204,6 +221,7 @@ def main() -> None:
 
     seconds = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items() if rs}
     base_s = seconds.get(BASELINE)
+    peer_s = seconds.get(PEER)
     base_success = runs[BASELINE][-1]["success"] if runs.get(BASELINE) else None
     rows: list[dict[str, Any]] = []
     for m in args.methods:
@@ -216,6 +234,8 @@ def main() -> None:
         row.update({
             "seconds": round(seconds[m], 3),
             "speedup_vs_per_eps": round(base_s / seconds[m], 2) if base_s else None,
+            "speedup_vs_torchattacks_per_eps": (round(peer_s / seconds[m], 2) if peer_s
+                                                else None),
             "grad_images": rs[-1]["grad_images"],
             "forward_images": rs[-1]["forward_images"],
             "peak_rss_mib": round(max(r["peak_rss_mib"] for r in rs), 1),
@@ -241,7 +261,8 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], host: str,
         "",
         f"- Grid: L-inf eps {', '.join(keys)} /255; dodging PGD, {args.steps} steps, advface "
         "defaults (zero start + 1 random restart, step max(2.5 eps/steps, 1/255), early "
-        "stopping; per-eps-no-es: without early stopping); seed 0",
+        "stopping; per-eps-no-es: without early stopping); torchattacks-per-eps: one "
+        "torchattacks.PGD per eps (same steps and step, one random start); seed 0",
         f"- Model and inputs: {desc}; clean error {100 * clean_err:.0f}% (counted as fooled)",
         f"- Machine: {host}",
         f"- Time: whole curve, median of {args.repeats} runs per process, median over "
@@ -250,15 +271,18 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], host: str,
         "included), increase: over the resident size before them; success: re-judged on the "
         "8-bit rounded images, within budget",
         "",
-        "| method | time s | speed-up vs per-eps | grad images | fwd images | peak RSS MiB "
-        "| increase MiB | " + " | ".join(f"success @{k}" for k in keys) + " | >= per-eps |",
-        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(keys) + "---|",
+        "| method | time s | speed-up vs per-eps | vs torchattacks per-eps | grad images "
+        "| fwd images | peak RSS MiB | increase MiB | "
+        + " | ".join(f"success @{k}" for k in keys) + " | >= per-eps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(keys) + "---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} |")
             continue
         speed = "-" if r["speedup_vs_per_eps"] is None else f"{r['speedup_vs_per_eps']:.2f}x"
+        vs_peer = r.get("speedup_vs_torchattacks_per_eps")
+        speed += " | " + ("-" if vs_peer is None else f"{vs_peer:.2f}x")
         ok = {None: "-", True: "yes", False: "no"}[r["success_ge_per_eps"]]
         lines.append(
             f"| {r['method']} | {r['seconds']:.2f} | {speed} | {r['grad_images']} | "
