@@ -255,3 +255,60 @@ def test_concurrent_builders_take_turns(real_records, tmp_path):
         fcntl.flock(fh, fcntl.LOCK_UN)
     worker.join(timeout=120)
     assert result and result[0].keys == [real_records[0].key]
+
+
+def test_default_chipset_id_is_unchanged_by_the_second_detector_option():
+    # Chip caches made before the option existed must keep their id (and their embeddings).
+    assert chipset_id(AlignParams()) == "1d7160c4f99f9a71"
+    assert chipset_id(AlignParams(second_detector="cnn")) != chipset_id(AlignParams())
+    with pytest.raises(ValueError, match="second_detector"):
+        AlignParams(second_detector="mtcnn")
+
+
+class _NoHog:
+    def run(self, img, upsample, threshold):
+        return [], [], []
+
+
+def test_cnn_detector_takes_over_where_hog_finds_nothing(real_records):
+    """With HOG blinded, the CNN detector's box goes through the same landmarks and chip."""
+    img = load_rgb(real_records[0].path)
+    hog = DlibAligner(AlignParams()).align(img)
+    aligner = DlibAligner(AlignParams(second_detector="cnn"))
+    aligner.detector = _NoHog()
+    res = aligner.align(img)
+    assert hog.method == "dlib" and res.method == "dlib-cnn" and res.landmarks is not None
+    assert res.score is not None and res.n_faces >= 1
+    # same face, same landmark model: the chip is nearly the HOG one (landmarks move by a few px)
+    diff = np.abs(res.chip.astype(int) - hog.chip.astype(int)).mean()
+    assert diff < 25, diff
+    landmarks = np.array(res.landmarks) - np.array(hog.landmarks)
+    assert np.abs(landmarks).max() < 8
+    # HOG-only aligners never load the CNN
+    assert DlibAligner(AlignParams()).cnn is None
+
+
+def test_cnn_chipset_copies_the_hog_chips_and_aligns_only_the_rest(real_records, tiny_records,
+                                                                   tmp_path, monkeypatch):
+    records = [*real_records[:4], *tiny_records[:2]]
+    hog = build_chips(records, tmp_path, workers=1, progress=False)
+    aligned: list[str] = []
+    real_run_jobs = chips_mod._run_jobs
+
+    def spy(jobs, params, root, workers):
+        aligned.extend(k for k, _ in jobs)
+        return real_run_jobs(jobs, params, root, workers)
+
+    monkeypatch.setattr(chips_mod, "_run_jobs", spy)
+    cnn = build_chips(records, tmp_path, second_detector="cnn", workers=1, progress=False)
+    assert cnn.root != hog.root and sorted(cnn.keys) == sorted(hog.keys)
+    usable = {k for k, m in hog.methods.items() if m == "dlib"}
+    assert usable and sorted(aligned) == sorted(set(hog.keys) - usable)
+    for key in usable:
+        assert (cnn.root / chip_relpath(key)).read_bytes() == (
+            hog.root / chip_relpath(key)).read_bytes()
+        assert cnn.methods[key] == "dlib"
+    # the cartoon faces: neither detector finds them, so they get the same fallback crop
+    for key in set(hog.keys) - usable:
+        assert cnn.methods[key] in ("fallback", "dlib-cnn")
+    assert json.loads((cnn.root / "params.json").read_text())["second_detector"] == "cnn"

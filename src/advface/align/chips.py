@@ -21,10 +21,12 @@ sha256 for audits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +101,7 @@ class ChipIndex:
 
     @property
     def methods(self) -> dict[str, str]:
-        """``key -> "dlib" | "fallback"``."""
+        """``key -> "dlib" | "dlib-cnn" | "fallback"``."""
         return {k: e["method"] for k, e in self.entries.items()}
 
     @property
@@ -279,17 +281,20 @@ def build_chips(
     size: int = 150,
     padding: float = 0.25,
     upsample: int = 1,
+    second_detector: str = "none",
     workers: int = 2,
     progress: bool = True,
 ) -> ChipIndex:
     """Align every record (skipping chips already in the cache) and return their :class:`ChipIndex`.
 
     ``upsample`` is the HOG detector's pyramid upsampling: LFW faces are smallish, and 1 finds
-    more of them at about 4x the cost of 0. Unreadable sources are listed in
+    more of them at about 4x the cost of 0. ``second_detector="cnn"`` retries images without a
+    usable HOG face with dlib's CNN detector (a separate chipset). Unreadable sources are listed in
     ``ChipIndex.problems`` (and ``problems.jsonl``), never silently dropped. The returned index
     covers exactly the requested records that have a chip.
     """
-    params = AlignParams(size=size, padding=padding, upsample=upsample)
+    params = AlignParams(size=size, padding=padding, upsample=upsample,
+                         second_detector=second_detector)
     root = chipset_dir(cache_dir, params)
     root.mkdir(parents=True, exist_ok=True)
     params_path = root / PARAMS_NAME
@@ -328,6 +333,7 @@ def build_chips(
         )
         try:
             with open(index_path, "a", encoding="utf-8") as index:
+                jobs = _reuse_hog_chips(jobs, params, root, index, done, bar)
                 for result in _run_jobs(jobs, params, root, workers):
                     if "problem" in result:
                         new_problems.append(ChipProblem(**result["problem"]))
@@ -342,6 +348,46 @@ def build_chips(
             _write_problems(root, list(problems.values()))
     chips = ChipIndex(root=root, params=params, entries=done, problems=list(problems.values()))
     return chips.subset(wanted)
+
+
+def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Path,
+                     index: Any, done: dict[str, dict[str, Any]], bar: Any
+                     ) -> list[tuple[str, str]]:
+    """Copy chips a second-detector chipset shares with its HOG-only sibling; return the rest.
+
+    Where HOG found a usable face, the second detector never runs, so the chip is exactly the
+    HOG-only chipset's (same size, padding, upsampling, centre rule and version). It is copied
+    when that chipset has it and its recorded source hash matches the file now; everything else
+    is aligned. Saves re-running HOG on all of LFW just to retry the ~70 images it misses.
+    """
+    if params.second_detector == "none" or not jobs:
+        return jobs
+    sibling = root.parent / chipset_id(dataclasses.replace(params, second_detector="none"))
+    if not (sibling / INDEX_NAME).is_file():
+        return jobs
+    known = _read_index(sibling / INDEX_NAME, repair=False)
+    rest = []
+    for key, src in jobs:
+        entry = known.get(key)
+        chip = sibling / chip_relpath(key)
+        if entry is None or entry.get("method") != "dlib" or not chip.is_file():
+            rest.append((key, src))
+            continue
+        try:
+            digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        if digest != entry.get("source_sha256"):
+            rest.append((key, src))
+            continue
+        target = root / chip_relpath(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(chip, target)
+        index.write(json.dumps(entry, sort_keys=True) + "\n")
+        done[key] = entry
+        bar.update(1)
+    index.flush()
+    return rest
 
 
 @contextlib.contextmanager

@@ -22,6 +22,9 @@ CacheOpt = Annotated[Path | None, typer.Option(
 UpsampleOpt = Annotated[int, typer.Option(
     "--upsample", min=0, help="HOG detector upsampling (1 finds LFW's smallish faces)")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="alignment processes")]
+SecondOpt = Annotated[bool, typer.Option(
+    "--cnn-fallback/--no-cnn-fallback", help="retry images without a HOG face with dlib's CNN "
+    "detector (~1 s each) before the fallback crop (a separate chipset)")]
 ModelOpt = Annotated[str, typer.Option(
     "--model", help="registered model name (e.g. dlib) or a model file (.onnx, .dat)")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="embedding batch size")]
@@ -36,7 +39,7 @@ def _paths(data: Path | None, cache: Path | None) -> tuple[Path, Path]:
 
 
 def _aligned(data: Path | None, cache: Path | None, upsample: int, workers: int,
-             progress: bool):
+             progress: bool, cnn_fallback: bool = False):
     """Open LFW and make sure every image has a chip (a no-op once `align` has run)."""
     from advface.align.chips import build_chips
     from advface.data.lfw import open_lfw
@@ -44,7 +47,7 @@ def _aligned(data: Path | None, cache: Path | None, upsample: int, workers: int,
     data_dir, cache_dir = _paths(data, cache)
     lfw = open_lfw(data_dir, cache_dir)
     chips = build_chips(lfw.records, cache_dir, upsample=upsample, workers=workers,
-                        progress=progress)
+                        second_detector="cnn" if cnn_fallback else "none", progress=progress)
     for p in chips.problems:
         typer.echo(f"skipped (no chip): {p}", err=True)
     return lfw, chips, cache_dir
@@ -63,6 +66,7 @@ def align(
     cache: CacheOpt = None,
     upsample: UpsampleOpt = 1,
     workers: WorkersOpt = 2,
+    cnn_fallback: SecondOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Align every image with dlib (HOG + 5 landmarks + get_face_chip) into cached 150x150 chips.
@@ -77,12 +81,14 @@ def align(
     lfw = open_lfw(data_dir, cache_dir)
     start = time.perf_counter()
     chips = build_chips(lfw.records, cache_dir, upsample=upsample, workers=workers,
-                        progress=progress)
+                        second_detector="cnn" if cnn_fallback else "none", progress=progress)
     seconds = time.perf_counter() - start
     n = len(chips)
+    by_cnn = sum(1 for m in chips.methods.values() if m == "dlib-cnn")
     typer.echo(f"images:     {len(lfw.records):,}")
-    typer.echo(f"chips:      {n:,} ({n - chips.fallback_count:,} dlib, "
-               f"{chips.fallback_count:,} fallback crops)")
+    typer.echo(f"chips:      {n:,} ({n - chips.fallback_count - by_cnn:,} dlib HOG, "
+               + (f"{by_cnn:,} dlib CNN, " if cnn_fallback else "")
+               + f"{chips.fallback_count:,} fallback crops)")
     typer.echo(f"problems:   {len(chips.problems):,}")
     for p in chips.problems:
         typer.echo(f"  {p}")
@@ -102,6 +108,7 @@ def identify(
     seed: Annotated[int, typer.Option("--seed", min=0, help="split seed")] = 0,
     upsample: UpsampleOpt = 1,
     workers: WorkersOpt = 2,
+    cnn_fallback: SecondOpt = False,
     batch_size: BatchOpt = 64,
     json_out: JsonOpt = None,
     progress: ProgressOpt = True,
@@ -111,7 +118,7 @@ def identify(
     from advface.identify.evaluate import evaluate_identification
     from advface.models.registry import load_face_model
 
-    lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress)
+    lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     records = [r for r in lfw.records if r.key in chips]
     split = make_closed_set_split(records, min_images=min_images,
                                   probes_per_person=probes_per_person, seed=seed)
@@ -135,6 +142,7 @@ def verify(
     model: ModelOpt = "dlib",
     upsample: UpsampleOpt = 1,
     workers: WorkersOpt = 2,
+    cnn_fallback: SecondOpt = False,
     batch_size: BatchOpt = 64,
     json_out: JsonOpt = None,
     progress: ProgressOpt = True,
@@ -144,7 +152,7 @@ def verify(
     from advface.identify.verification import verify_lfw_pairs
     from advface.models.registry import load_face_model
 
-    lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress)
+    lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     pairs = lfw.pairs()
     keys = sorted({k for p in pairs for k in (p.key_a, p.key_b)})
     net = load_face_model(model)
