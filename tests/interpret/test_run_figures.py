@@ -241,3 +241,17 @@ def test_gallery_objective_is_the_centroid_similarity(tiny_run: Path) -> None:
         from advface.interpret.run_identity import IdentitySettings
 
         IdentitySettings(n=1)
+
+
+def test_run_identity_through_the_softmax_head(tiny_run: Path) -> None:
+    """A model the run compared by gallery can still be visualised through its softmax head."""
+    res = runner.invoke(interpret_app, ["run-identity", str(tiny_run), "--n", "2",
+                                        "--steps", "10", "--head", "softmax"])
+    assert res.exit_code == 0, res.output
+    assert "dlib: skipped, no softmax head" in res.output
+    doc = json.loads((tiny_run / "interpret" / "identity_gal-softmax.json").read_text())
+    assert doc["model"] == "gal-softmax" and "logit" in doc["objective"]
+    for item in doc["items"]:  # the face start optimises the log-probability: <= 0
+        assert all(v <= 0 for v in item["objective_face"])
+    bad = runner.invoke(interpret_app, ["run-identity", str(tiny_run), "--head", "arcface"])
+    assert bad.exit_code != 0 and "unknown head" in str(bad.exception)

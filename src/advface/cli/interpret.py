@@ -235,6 +235,9 @@ def run_identity(
     blur_sigma: Annotated[float, typer.Option("--blur-sigma")] = 0.5,
     tv_weight: Annotated[float, typer.Option("--tv-weight")] = 0.002,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    head: Annotated[str, typer.Option(
+        "--head", help="run: each model's decision in the run; softmax: the softmax head of "
+        "the models that have one")] = "run",
     data: Annotated[Path | None, typer.Option(
         "--data", help="LFW folder or archive (default: the run's config)")] = None,
     cache: Annotated[Path | None, typer.Option(
@@ -254,7 +257,7 @@ def run_identity(
         torch.set_num_threads(threads)
     settings = IdentitySettings(n=n, steps=steps, lr=lr, jitter=jitter, blur_every=blur_every,
                                 blur_sigma=blur_sigma, tv_weight=tv_weight, seed=seed)
-    docs = _run_identity(run_dir, model or None, settings, data_dir=data, cache_dir=cache,
-                         progress=True, log=typer.echo)
+    docs = _run_identity(run_dir, model or None, settings, head=head, data_dir=data,
+                         cache_dir=cache, progress=True, log=typer.echo)
     typer.echo(f"wrote {len(docs)} identity figure(s) to {run_dir / 'interpret'}; "
                f"`advface report {run_dir}` includes them")

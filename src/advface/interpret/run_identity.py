@@ -230,10 +230,18 @@ def model_identity(run: Any, name: str, scorer: nn.Module, model: nn.Module,
 
 
 def run_identity(run_dir: str | Path, models: list[str] | None = None,
-                 settings: IdentitySettings | None = None, *, data_dir: Path | None = None,
-                 cache_dir: Path | None = None, progress: bool = False,
-                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Write RUN_DIR/interpret/identity_<model>.{png,json} per model (default: all)."""
+                 settings: IdentitySettings | None = None, *, head: str = "run",
+                 data_dir: Path | None = None, cache_dir: Path | None = None,
+                 progress: bool = False, log: Callable[[str], None] = print
+                 ) -> list[dict[str, Any]]:
+    """Write RUN_DIR/interpret/identity_<model>.{png,json} per model (default: all).
+
+    ``head="run"`` visualises each model through the decision the run used; ``"softmax"``
+    through the softmax head of the models that have one (``identity_<model>-softmax.*``; the
+    others are skipped with a message), e.g. an ad-hoc model the run compared by gallery.
+    """
+    if head not in ("run", "softmax"):
+        raise AdvfaceError(f"unknown head {head!r}", fix="use 'run' or 'softmax'")
     from advface.experiments.reload import load_run_config, load_run_models
     from advface.report.load import load_run
 
@@ -247,7 +255,15 @@ def run_identity(run_dir: str | Path, models: list[str] | None = None,
     docs = []
     for name in names:
         lm = loaded.models[name]
-        doc = model_identity(run, name, lm.scorer, lm.model, s, run_dir / "interpret",
+        scorer, label = lm.scorer, name
+        if head == "softmax":
+            from advface.experiments.models import SoftmaxScorer
+
+            if getattr(lm.model, "head", None) is None or not hasattr(lm.model, "class_names"):
+                log(f"{name}: skipped, no softmax head")
+                continue
+            scorer, label = SoftmaxScorer(lm.model, loaded.identity_names).eval(), f"{name}-softmax"
+        doc = model_identity(run, label, scorer, lm.model, s, run_dir / "interpret",
                              progress=progress,
                              extra={"fingerprint": lm.fingerprint,
                                     "fingerprint_matches_run": loaded.fingerprint_matches.get(
