@@ -212,8 +212,8 @@ def model_identity(run: Any, name: str, scorer: nn.Module, model: nn.Module,
     stem = f"identity_{safe_name(name)}"
     fig = identity_figure(ref, res_noise.images, start, res_face.images, heads,
                           [_short(nm) for nm in chosen],
-                          f"{name}: identity visualisation ({what}); under each image the "
-                          "model's decision")
+                          f"{name}: identity visualisation\n{what}; under each image: "
+                          "the model's decision")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     _atomic_write(out_dir / f"{stem}.png", buf.getvalue())
