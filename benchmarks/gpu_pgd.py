@@ -1,0 +1,210 @@
+"""PGD on an accelerator: images/s and achieved FLOP/s, fp32 vs bf16 autocast, channels_last,
+torch.compile; advface vs torchattacks on the same model and batch.
+
+Why: the issue "Performance and scale" asks, when a GPU machine is lent, for images/s of the
+attack loop and an estimate of the achieved FLOP/s against the device's peak. FLOPs are counted,
+not guessed: ``torch.utils.flop_counter.FlopCounterMode`` records one forward + backward of the
+score module at batch 1 (convolutions and matrix products, the work that matters), and a PGD step
+is one such pass per image; the final evaluation forwards are left out, so the FLOP/s figure is
+a slight underestimate.
+
+Variants (each after ``--warmup`` untimed runs, median of ``--repeats``):
+
+``advface-same-work``  ``PGD(zero_start=False, random_restarts=1, early_stop=False)``: the work
+                       of one torchattacks run plus advface's evaluation forwards
+``advface-default``    advface's default PGD (zero start + 1 restart, per-image early stop)
+``torchattacks``       ``torchattacks.PGD(random_start=True)``
+each in fp32 and, with ``--amp``, with advface's bf16 autocast for the gradient passes (decisions
+re-taken in fp32; torchattacks has no such switch and runs fp32 only). ``--channels-last`` puts
+the inputs in channels_last, ``--compile`` wraps the score module in ``torch.compile``.
+
+Run on the lent GPU (models and inputs as in ``attacks_vs_peers.py``, see ``_models.py``)::
+
+    python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 32 256 --amp \\
+        --channels-last --out
+    python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 256 --compile --out
+
+``--peak-tflops`` gives the device's peak for the ratio (default: looked up for known GPUs, e.g.
+H100 SXM 989 dense bf16 / 67 fp32 TFLOP/s; none on a CPU). Smoke test on a CPU::
+
+    python benchmarks/gpu_pgd.py --model tiny --device cpu --batch-sizes 4 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from _models import RESULTS, Bench, add_model_args, build_bench, machine, write_tables
+from torch import Tensor, nn
+
+#: Dense peak TFLOP/s (bf16 tensor cores, fp32 non-tensor) from the vendors' data sheets.
+PEAKS = {"H100 80GB HBM3": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (756.0, 51.0),
+         "H200": (989.0, 67.0), "A100": (312.0, 19.5)}
+
+
+def peak_tflops(device: torch.device, bf16: bool, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (p16, p32) in PEAKS.items():
+        if key in name:
+            return p16 if bf16 else p32
+    return None
+
+
+def flops_per_image(model: nn.Module, x: Tensor) -> float:
+    """FLOPs of one forward + backward of ``model`` for one image (counted, batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    xi = x[:1].clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        model(xi).float().sum().backward()
+    return float(counter.get_total_flops())
+
+
+def variant_fn(name: str, model: nn.Module, x: Tensor, y: Tensor, eps255: float, steps: int,
+               amp: bool) -> Callable[[], Tensor]:
+    eps = eps255 / 255
+    alpha = eps / 4
+    if name.startswith("advface"):
+        from advface.attacks import PGD, Budget, Dodging
+
+        budget = Budget.from_8bit("linf", eps255)
+        if name == "advface-same-work":
+            attack = PGD(budget, steps=steps, step_size=alpha, zero_start=False,
+                         random_restarts=1, early_stop=False, amp=amp)
+        else:
+            attack = PGD(budget, steps=steps, step_size=alpha, amp=amp)
+        goal = Dodging(y)
+        return lambda: attack.run(model, x, goal, seed=0).adv
+    import torchattacks
+
+    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    return lambda: ta(x, y)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(run: Callable[[], Tensor], device: torch.device, warmup: int, repeats: int
+            ) -> tuple[float, Tensor, float | None]:
+    """Median seconds, the last output, peak device memory (MiB, CUDA only)."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
+    assert out is not None
+    return statistics.median(times), out, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--eps255", type=float, default=8.0)
+    ap.add_argument("--amp", action="store_true", help="also run advface with bf16 autocast")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the score module")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs)")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", type=Path, nargs="?", const=RESULTS, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible\n"
+                         "  fix: run on the lent GPU machine, or --device cpu for a smoke test")
+
+    rows: list[dict[str, Any]] = []
+    desc = ""
+    for batch in args.batch_sizes:
+        bench: Bench = build_bench(args, min(batch, 62) if args.model != "tiny" else batch)
+        desc = bench.description
+        x, y = bench.x, bench.y
+        if x.shape[0] < batch:  # the LFW split has 62 probes: tile them to the batch size
+            reps = -(-batch // x.shape[0])
+            x, y = x.repeat(reps, 1, 1, 1)[:batch], y.repeat(reps)[:batch]
+        model = bench.model.to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        x, y = x.to(device), y.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        flops = flops_per_image(model, x)
+        scored: nn.Module = torch.compile(model) if args.compile else model
+        variants = [("advface-same-work", False), ("advface-default", False),
+                    ("torchattacks", False)]
+        if args.amp:
+            variants += [("advface-same-work", True), ("advface-default", True)]
+        for name, amp in variants:
+            run = variant_fn(name, scored, x, y, args.eps255, args.steps, amp)
+            seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
+            q = (adv.detach().float() * 255).round().clamp(0, 255) / 255
+            with torch.no_grad():
+                fooled = float((model(q).argmax(1) != y).float().mean())
+            # Gradient passes: steps per image for same-work/torchattacks; the default's early
+            # stopping does less, so its FLOP/s is an upper bound of the work done.
+            work = flops * batch * args.steps
+            tflops = work / seconds / 1e12
+            peak_t = peak_tflops(device, amp, args.peak_tflops)
+            rows.append({
+                "model": args.model, "device": str(device), "batch": batch, "variant": name,
+                # advface's autocast is CUDA-only: on a CPU the amp rows run in fp32
+                "precision": ("bf16-autocast" if amp and device.type == "cuda"
+                              else "fp32 (amp: CUDA only)" if amp else "fp32"),
+                "channels_last": args.channels_last, "compiled": args.compile,
+                "images_per_s": round(batch / seconds, 2), "seconds": round(seconds, 4),
+                "gflops_per_image_fwd_bwd": round(flops / 1e9, 3),
+                "achieved_tflops": round(tflops, 3),
+                "fraction_of_peak": None if peak_t is None else round(tflops / peak_t, 4),
+                "peak_mem_mib": None if peak is None else round(peak, 1),
+                "fooled": round(fooled, 4),
+            })
+            print(rows[-1], flush=True)
+
+    dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else machine(args.threads))
+    md = [f"# PGD L-inf {args.eps255:g}/255, {args.steps} steps on {dev_name} ({args.model})", "",
+          f"- Model and inputs: {desc} (tiled to the batch size)",
+          f"- {args.warmup} warm-up runs, median of {args.repeats}; channels_last "
+          f"{args.channels_last}, torch.compile {args.compile}; FLOPs counted by "
+          "torch.utils.flop_counter for one forward+backward per image and step (evaluation "
+          "forwards not counted); advface-default does less work (early stopping), so its "
+          "TFLOP/s is that of the same-work count", "",
+          "| variant | precision | batch | images/s | achieved TFLOP/s | of peak | peak mem MiB "
+          "| fooled |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        frac = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
+        mem = "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}"
+        md.append(f"| {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
+                  f"{r['achieved_tflops']} | {frac} | {mem} | {100 * r['fooled']:.0f}% |")
+    text = "\n".join(md) + "\n"
+    print(text)
+    if args.out is not None:
+        write_tables(args.out, f"gpu_pgd_{args.model}_{device.type}", rows, text)
+
+
+if __name__ == "__main__":
+    main()
