@@ -54,8 +54,12 @@ from torch import Tensor, nn
 LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "art")
 
 
-def attack_fn(lib: str, bench: Bench, args: argparse.Namespace) -> Callable[[], Tensor]:
-    """A no-argument callable running one PGD attack and returning the adversarial batch."""
+def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool = False
+              ) -> Callable[[], Tensor]:
+    """A no-argument callable running one PGD attack and returning the adversarial batch.
+
+    ``amp``: advface's bf16 autocast for the gradient passes (CUDA only; peers have none).
+    """
     model, x, y = bench.model, bench.x, bench.y
     eps = args.eps255 / 255
     alpha = eps / 4
@@ -65,9 +69,9 @@ def attack_fn(lib: str, bench: Bench, args: argparse.Namespace) -> Callable[[], 
         budget = Budget.from_8bit("linf", args.eps255)
         if lib == "advface-same-work":
             attack = PGD(budget, steps=args.steps, step_size=alpha, zero_start=False,
-                         random_restarts=1, early_stop=False)
+                         random_restarts=1, early_stop=False, amp=amp)
         else:
-            attack = PGD(budget, steps=args.steps, step_size=alpha)
+            attack = PGD(budget, steps=args.steps, step_size=alpha, amp=amp)
         goal = Dodging(y)
         return lambda: attack.run(model, x, goal, seed=0).adv
     if lib == "torchattacks":

@@ -107,7 +107,7 @@ def method_fn(method: str, model: nn.Module, bench: Bench, grid: list[float],
             torch.manual_seed(0)  # torchattacks draws its random start from the global RNG
             out = {}
             for e in grid:
-                alpha = max(2.5 * e / steps, 1 / 255)
+                alpha = factory(Budget("linf", e)).step_size  # advface's default step
                 out[e] = torchattacks.PGD(model, eps=e, alpha=alpha, steps=steps,
                                           random_start=True)(x, bench.y)
             return out

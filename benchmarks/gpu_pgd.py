@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from _models import RESULTS, Bench, add_model_args, build_bench, machine, write_tables
+from attacks_vs_peers import attack_fn
 from torch import Tensor, nn
 
 #: Dense peak TFLOP/s (bf16 tensor cores, fp32 non-tensor) from the vendors' data sheets.
@@ -68,27 +69,6 @@ def flops_per_image(model: nn.Module, x: Tensor) -> float:
     with FlopCounterMode(display=False) as counter:
         model(xi).float().sum().backward()
     return float(counter.get_total_flops())
-
-
-def variant_fn(name: str, model: nn.Module, x: Tensor, y: Tensor, eps255: float, steps: int,
-               amp: bool) -> Callable[[], Tensor]:
-    eps = eps255 / 255
-    alpha = eps / 4
-    if name.startswith("advface"):
-        from advface.attacks import PGD, Budget, Dodging
-
-        budget = Budget.from_8bit("linf", eps255)
-        if name == "advface-same-work":
-            attack = PGD(budget, steps=steps, step_size=alpha, zero_start=False,
-                         random_restarts=1, early_stop=False, amp=amp)
-        else:
-            attack = PGD(budget, steps=steps, step_size=alpha, amp=amp)
-        goal = Dodging(y)
-        return lambda: attack.run(model, x, goal, seed=0).adv
-    import torchattacks
-
-    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    return lambda: ta(x, y)
 
 
 def _sync(device: torch.device) -> None:
@@ -159,7 +139,7 @@ def main() -> None:
         if args.amp:
             variants += [("advface-same-work", True), ("advface-default", True)]
         for name, amp in variants:
-            run = variant_fn(name, scored, x, y, args.eps255, args.steps, amp)
+            run = attack_fn(name, Bench(scored, x, y, desc), args, amp=amp)
             seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
             q = (adv.detach().float() * 255).round().clamp(0, 255) / 255
             with torch.no_grad():

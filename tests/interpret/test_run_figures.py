@@ -181,6 +181,7 @@ def test_default_config_switches_interpret_on_without_touching_its_hash() -> Non
 def test_run_identity_visualises_every_model(tiny_run: Path, tmp_path: Path) -> None:
     """Softmax and gallery models alike: files, decisions re-checkable, report section."""
     from advface.experiments.reload import load_run_models
+    from advface.interpret.identity_viz import VizConfig
     from advface.interpret.run_identity import IdentitySettings, model_identity
 
     res = runner.invoke(interpret_app, ["run-identity", str(tiny_run), "--n", "3",
@@ -209,7 +210,7 @@ def test_run_identity_visualises_every_model(tiny_run: Path, tmp_path: Path) -> 
     assert "centroid" in docs["gal"]["objective"] and "logit" in docs["soft"]["objective"]
     # deterministic: the same settings and seed give the same objective values
     again = model_identity(run, "gal", loaded.models["gal"].scorer, loaded.models["gal"].model,
-                           IdentitySettings(n=3, steps=25), tmp_path)
+                           IdentitySettings(n=3, viz=VizConfig(steps=25)), tmp_path)
     assert [v for i in again["items"] for v in i["objective_face"]] == pytest.approx(
         [v for i in docs["gal"]["items"] for v in i["objective_face"]], abs=1e-5)
     paths = build_report(tiny_run, tmp_path / "report", notebook=False)

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from embed_models import LinearEmbed
 
 from advface.identify.embeddings import model_fingerprint
 from advface.models.flip_average import FlipAverage
 from advface.models.registry import available_models
 
 
-class _Asymmetric(nn.Module):
-    input_size = 8
-    embedding_dim = 4
-    metric = "euclidean"
-    threshold = 0.6
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * 8 * 8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-
 def test_flip_average_is_the_mean_of_both_views() -> None:
-    base = _Asymmetric()
+    base = LinearEmbed(8)
     model = FlipAverage(base)
     x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     expected = 0.5 * (base(x) + base(x.flip(-1)))
@@ -39,7 +24,7 @@ def test_flip_average_is_the_mean_of_both_views() -> None:
 
 
 def test_flip_average_gradient_and_fingerprint() -> None:
-    base = _Asymmetric()
+    base = LinearEmbed(8)
     model = FlipAverage(base)
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     model(x).sum().backward()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from embed_models import LinearEmbed
 
 from advface.identify.embeddings import model_fingerprint
 from advface.models.flip_average import FlipAverage
@@ -12,23 +12,8 @@ from advface.models.jitter_average import DEFAULT_VIEWS, JitterAverage
 from advface.models.registry import available_models
 
 
-class _Linear(nn.Module):
-    input_size = 10
-    embedding_dim = 4
-    metric = "euclidean"
-    threshold = 0.6
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(3 * 10 * 10, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-
 def test_identity_and_mirror_views_equal_flip_average() -> None:
-    base = _Linear()
+    base = LinearEmbed(10)
     x = torch.rand(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))
     jitter = JitterAverage(base, views=[(False, 0.0, 0.0, 1.0), (True, 0.0, 0.0, 1.0)])
     assert torch.allclose(jitter(x), FlipAverage(base)(x), atol=1e-6)
@@ -39,7 +24,7 @@ def test_identity_and_mirror_views_equal_flip_average() -> None:
 def test_a_whole_pixel_shift_moves_the_image_by_one_pixel() -> None:
     # 0.1 of a 10 px side is one pixel: the view must be the image shifted by exactly one
     # column (border replicated), so the sampling convention is pinned down.
-    base = _Linear()
+    base = LinearEmbed(10)
     x = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(2))
     jitter = JitterAverage(base, views=[(False, 0.1, 0.0, 1.0)])
     shifted = torch.cat([x[..., 1:], x[..., -1:]], dim=-1)
@@ -48,7 +33,7 @@ def test_a_whole_pixel_shift_moves_the_image_by_one_pixel() -> None:
 
 
 def test_mean_over_views_gradient_and_fingerprint() -> None:
-    base = _Linear()
+    base = LinearEmbed(10)
     model = JitterAverage(base)
     assert len(model.views) == len(DEFAULT_VIEWS) == 10
     x = torch.rand(2, 3, 10, 10, requires_grad=True)
@@ -64,6 +49,6 @@ def test_mean_over_views_gradient_and_fingerprint() -> None:
 
 def test_bad_views_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one view"):
-        JitterAverage(_Linear(), views=[])
+        JitterAverage(LinearEmbed(10), views=[])
     with pytest.raises(ValueError, match="zoom"):
-        JitterAverage(_Linear(), views=[(False, 0.0, 0.0, 0.0)])
+        JitterAverage(LinearEmbed(10), views=[(False, 0.0, 0.0, 0.0)])

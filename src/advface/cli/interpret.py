@@ -17,6 +17,22 @@ app = typer.Typer(help="Interpretability: saliency maps and identity visualisati
 
 CheckpointOpt = Annotated[Path, typer.Option(
     "--checkpoint", help="ad-hoc model: a training run folder or its model.safetensors")]
+# Options of the commands that work on a finished run directory.
+RunDirArg = Annotated[Path, typer.Argument(help="run directory written by `advface run`")]
+RunModelOpt = Annotated[list[str] | None, typer.Option(
+    "--model", help="model of the run (repeat for several; default: all)")]
+RunDataOpt = Annotated[Path | None, typer.Option(
+    "--data", help="LFW folder or archive (default: the run's config)")]
+RunCacheOpt = Annotated[Path | None, typer.Option(
+    "--cache", help="cache folder (default: the run's config)")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch CPU threads")]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _load_model(checkpoint: Path):
@@ -178,9 +194,8 @@ def identity(
 
 @app.command("run-figures")
 def run_figures(
-    run_dir: Annotated[Path, typer.Argument(help="run directory written by `advface run`")],
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", help="model of the run (repeat for several; default: all)")] = None,
+    run_dir: RunDirArg,
+    model: RunModelOpt = None,
     n: Annotated[int, typer.Option("--n", help="fooled probes per model")] = 3,
     attack: Annotated[str, typer.Option(
         "--attack", help="dodging attack of the run whose images are explained")] = "pgd",
@@ -196,11 +211,9 @@ def run_figures(
         "--top", help="fraction of most salient pixels the perturbation energy is measured "
         "on")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="LFW folder or archive (default: the run's config)")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="cache folder (default: the run's config)")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    data: RunDataOpt = None,
+    cache: RunCacheOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Saliency (vanilla, SmoothGrad, IG) of a run's fooled probes, clean vs adversarial,
     and the share of the perturbation on the most salient pixels; writes
@@ -210,10 +223,7 @@ def run_figures(
 
     if baseline not in ("black", "blur"):
         raise AdvfaceError(f"unknown baseline {baseline!r}", fix="use black or blur")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     settings = SaliencySettings(n=n, attack=attack, eps255=eps, samples=samples, noise=noise,
                                 steps=steps, baseline=baseline, top_fraction=top, seed=seed)
     docs = run_saliency(run_dir, model or None, settings, data_dir=data, cache_dir=cache,
@@ -224,9 +234,8 @@ def run_figures(
 
 @app.command("run-identity")
 def run_identity(
-    run_dir: Annotated[Path, typer.Argument(help="run directory written by `advface run`")],
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", help="model of the run (repeat for several; default: all)")] = None,
+    run_dir: RunDirArg,
+    model: RunModelOpt = None,
     n: Annotated[int, typer.Option("--n", help="identities per model (>= 2)")] = 4,
     steps: Annotated[int, typer.Option("--steps", help="gradient-ascent steps")] = 200,
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
@@ -238,25 +247,22 @@ def run_identity(
     head: Annotated[str, typer.Option(
         "--head", help="run: each model's decision in the run; softmax: the softmax head of "
         "the models that have one")] = "run",
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="LFW folder or archive (default: the run's config)")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="cache folder (default: the run's config)")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    data: RunDataOpt = None,
+    cache: RunCacheOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Identity visualisation of each model of a run (softmax: the identity's score; gallery
     models: similarity to the identity's centroid), from noise and from another person's
     probe; writes RUN_DIR/interpret/identity_<model>.{png,json}, which `advface report`
     includes."""
+    from advface.interpret.identity_viz import VizConfig
     from advface.interpret.run_identity import IdentitySettings
     from advface.interpret.run_identity import run_identity as _run_identity
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    settings = IdentitySettings(n=n, steps=steps, lr=lr, jitter=jitter, blur_every=blur_every,
-                                blur_sigma=blur_sigma, tv_weight=tv_weight, seed=seed)
+    _set_threads(threads)
+    settings = IdentitySettings(n=n, seed=seed, viz=VizConfig(
+        steps=steps, lr=lr, jitter=jitter, blur_every=blur_every, blur_sigma=blur_sigma,
+        tv_weight=tv_weight))
     docs = _run_identity(run_dir, model or None, settings, head=head, data_dir=data,
                          cache_dir=cache, progress=True, log=typer.echo)
     typer.echo(f"wrote {len(docs)} identity figure(s) to {run_dir / 'interpret'}; "

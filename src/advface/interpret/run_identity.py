@@ -25,11 +25,12 @@ The report includes them in its Interpretability section.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +40,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advface.errors import AdvfaceError
+from advface.interpret.identity_viz import VizConfig
 from advface.interpret.run_figures import _atomic_write, _short, _u8, safe_name
 
 
 @dataclass(frozen=True)
 class IdentitySettings:
-    """How many identities per model and the ascent's settings and priors (0 turns one off)."""
+    """How many identities per model, the seed, and the ascent's settings and priors (``viz``;
+    its ``prior_on`` is set per start: the image from noise, the change from a face)."""
 
     n: int = 4
-    steps: int = 200
-    lr: float = 0.05
-    jitter: int = 4
-    blur_every: int = 8
-    blur_sigma: float = 0.5
-    tv_weight: float = 0.002
     seed: int = 0
+    viz: VizConfig = field(default_factory=VizConfig)
 
     def __post_init__(self) -> None:
         if self.n < 2:
             raise AdvfaceError(f"need at least 2 identities (each row starts from another "
                                f"one's face), got n={self.n}", fix="use --n 2 or more")
+
+
+def settings_json(s: IdentitySettings) -> dict[str, Any]:
+    """The settings as the JSON document records them (flat; ``prior_on`` varies per start)."""
+    viz = {k: v for k, v in dataclasses.asdict(s.viz).items() if k != "prior_on"}
+    return {"n": s.n, "seed": s.seed, **viz}
 
 
 def probe_keys_by_identity(run: Any) -> dict[str, str]:
@@ -160,7 +164,7 @@ def model_identity(run: Any, name: str, scorer: nn.Module, model: nn.Module,
     """Visualise ``s.n`` identities of one model of the run; writes and returns its document."""
     from advface import __version__
     from advface.data.images import load_png
-    from advface.interpret.identity_viz import VizConfig, noise_start, visualise_identity
+    from advface.interpret.identity_viz import noise_start, visualise_identity
 
     started = time.monotonic()
     chosen = choose_identities(run, _gallery_counts(run), s.n)
@@ -178,13 +182,12 @@ def model_identity(run: Any, name: str, scorer: nn.Module, model: nn.Module,
     others = [chosen[(i + 1) % n] for i in range(n)]
     start = torch.roll(ref, -1, dims=0)
     from_noise, from_face, what = objectives(scorer, model, targets)
-    common = dict(steps=s.steps, lr=s.lr, jitter=s.jitter, blur_every=s.blur_every,
-                  blur_sigma=s.blur_sigma, tv_weight=s.tv_weight)
     size = tuple(ref.shape[-2:])
     res_noise = visualise_identity(from_noise, noise_start(n, size, seed=s.seed),  # type: ignore[arg-type]
-                                   VizConfig(**common), seed=s.seed, progress=progress,
+                                   dataclasses.replace(s.viz, prior_on="image"), seed=s.seed,
+                                   progress=progress,
                                    model=scorer)
-    res_face = visualise_identity(from_face, start, VizConfig(**common, prior_on="change"),  # type: ignore[arg-type]
+    res_face = visualise_identity(from_face, start, dataclasses.replace(s.viz, prior_on="change"),  # type: ignore[arg-type]
                                   seed=s.seed, progress=progress, model=scorer)
     with torch.no_grad():
         dec = {k: scorer(v).float().argmax(1).tolist()
@@ -219,7 +222,7 @@ def model_identity(run: Any, name: str, scorer: nn.Module, model: nn.Module,
     _atomic_write(out_dir / f"{stem}.png", buf.getvalue())
     doc = {
         "kind": "identity", "model": name, "figure": f"{stem}.png", "objective": what,
-        "settings": asdict(s), "n_items": n, "items": items,
+        "settings": settings_json(s), "n_items": n, "items": items,
         "noise_is_identity": sum(it["noise_is_identity"] for it in items),
         "pushed_is_identity": sum(it["pushed_is_identity"] for it in items),
         "seconds": round(time.monotonic() - started, 2), "advface_version": __version__,

@@ -15,6 +15,16 @@ import torch
 from torch import nn
 
 
+def adopt_interface(wrapper: nn.Module, model: nn.Module) -> None:
+    """Give a test-time-averaging wrapper the face-model interface of the model it wraps
+    (``input_size``, ``embedding_dim``, ``metric``, ``threshold`` when present)."""
+    wrapper.input_size = getattr(model, "input_size", None)
+    wrapper.embedding_dim = getattr(model, "embedding_dim", None)
+    wrapper.metric = getattr(model, "metric", "cosine")
+    if hasattr(model, "threshold"):
+        wrapper.threshold = model.threshold
+
+
 class FlipAverage(nn.Module):
     """``(f(x) + f(flip_horizontal(x))) / 2`` for any embedding model ``f``.
 
@@ -26,11 +36,7 @@ class FlipAverage(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.input_size = getattr(model, "input_size", None)
-        self.embedding_dim = getattr(model, "embedding_dim", None)
-        self.metric = getattr(model, "metric", "cosine")
-        if hasattr(model, "threshold"):
-            self.threshold = model.threshold
+        adopt_interface(self, model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         both = self.model(torch.cat([x, x.flip(-1)]))

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advface.models.flip_average import adopt_interface
+
 View = tuple[bool, float, float, float]
 """``(mirror, shift_x, shift_y, zoom)``: shifts in fractions of the image side, zoom > 1
 magnifies (a tighter crop)."""
@@ -57,11 +59,7 @@ class JitterAverage(nn.Module):
         self.model = model
         self.register_buffer("thetas", _thetas(views))
         self.views = tuple(views)
-        self.input_size = getattr(model, "input_size", None)
-        self.embedding_dim = getattr(model, "embedding_dim", None)
-        self.metric = getattr(model, "metric", "cosine")
-        if hasattr(model, "threshold"):
-            self.threshold = model.threshold
+        adopt_interface(self, model)
 
     def _view(self, x: torch.Tensor, k: int) -> torch.Tensor:
         mirror, dx, dy, zoom = self.views[k]
