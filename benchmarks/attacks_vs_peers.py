@@ -19,8 +19,9 @@ see benchmarks/README.md)::
 Smoke test: ``--model tiny --repeats 1 --rounds 1``.
 
 advface is timed twice: "same work" (one random start, no early stopping, step eps/4: the same
-number of gradient steps as the peers, plus three forward passes: clean image, last iterate,
-final judgement) and "default"
+number of gradient steps as the peers, plus one forward pass that judges the last iterate, which
+the peers return unjudged, and one for the clean image of any image no candidate fooled; the
+final judgement reuses decisions already taken on exactly the returned images) and "default"
 (zero start + one random restart, per-image early stopping: what experiments use). advface
 ascends the score margin; torchattacks and ART ascend cross-entropy on the scores. Every
 library's output is rounded to 8 bits before it is judged, as advface judges its own.
@@ -54,11 +55,11 @@ from torch import Tensor, nn
 LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "art")
 
 
-def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool = False
+def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool | str = False
               ) -> Callable[[], Tensor]:
     """A no-argument callable running one PGD attack and returning the adversarial batch.
 
-    ``amp``: advface's bf16 autocast for the gradient passes (CUDA only; peers have none).
+    ``amp``: advface's autocast for the gradient passes (True/"bf16" or "fp16"; peers have none).
     """
     model, x, y = bench.model, bench.x, bench.y
     eps = args.eps255 / 255

@@ -1,4 +1,4 @@
-"""PGD on an accelerator: images/s and achieved FLOP/s, fp32 vs bf16 autocast, channels_last,
+"""PGD on an accelerator: images/s and achieved FLOP/s, fp32 vs bf16/fp16 autocast, channels_last,
 torch.compile; advface vs torchattacks on the same model and batch.
 
 Why: the issue "Performance and scale" asks, when a GPU machine is lent, for images/s of the
@@ -14,13 +14,14 @@ Variants (each after ``--warmup`` untimed runs, median of ``--repeats``):
                        of one torchattacks run plus advface's evaluation forwards
 ``advface-default``    advface's default PGD (zero start + 1 restart, per-image early stop)
 ``torchattacks``       ``torchattacks.PGD(random_start=True)``
-each in fp32 and, with ``--amp``, with advface's bf16 autocast for the gradient passes (decisions
-re-taken in fp32; torchattacks has no such switch and runs fp32 only). ``--channels-last`` puts
+each in fp32 and, with ``--amp [bf16] [fp16]`` (bf16 when no value is given), with advface's
+autocast for the gradient passes (fp16 loss-scaled; decisions re-taken in fp32; torchattacks has
+no such switch and runs fp32 only). ``--channels-last`` puts
 the inputs in channels_last, ``--compile`` wraps the score module in ``torch.compile``.
 
 Run on the lent GPU (models and inputs as in ``attacks_vs_peers.py``, see ``_models.py``)::
 
-    python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 32 256 --amp \\
+    python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 32 256 --amp bf16 fp16 \\
         --channels-last --out
     python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 256 --compile --out
 
@@ -44,7 +45,7 @@ from _models import RESULTS, Bench, add_model_args, build_bench, machine, write_
 from attacks_vs_peers import attack_fn
 from torch import Tensor, nn
 
-#: Dense peak TFLOP/s (bf16 tensor cores, fp32 non-tensor) from the vendors' data sheets.
+#: Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 non-tensor) from the vendors' data sheets.
 PEAKS = {"H100 80GB HBM3": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (756.0, 51.0),
          "H200": (989.0, 67.0), "A100": (312.0, 19.5)}
 
@@ -102,7 +103,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eps255", type=float, default=8.0)
-    ap.add_argument("--amp", action="store_true", help="also run advface with bf16 autocast")
+    ap.add_argument("--amp", nargs="*", choices=("bf16", "fp16"), default=None,
+                    help="also run advface under autocast (no value: bf16)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the score module")
     ap.add_argument("--warmup", type=int, default=2)
@@ -134,10 +136,10 @@ def main() -> None:
             x = x.contiguous(memory_format=torch.channels_last)
         flops = flops_per_image(model, x)
         scored: nn.Module = torch.compile(model) if args.compile else model
-        variants = [("advface-same-work", False), ("advface-default", False),
-                    ("torchattacks", False)]
-        if args.amp:
-            variants += [("advface-same-work", True), ("advface-default", True)]
+        variants: list[tuple[str, str | bool]] = [
+            ("advface-same-work", False), ("advface-default", False), ("torchattacks", False)]
+        for kind in ([] if args.amp is None else args.amp or ["bf16"]):
+            variants += [("advface-same-work", kind), ("advface-default", kind)]
         for name, amp in variants:
             run = attack_fn(name, Bench(scored, x, y, desc), args, amp=amp)
             seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
@@ -148,12 +150,10 @@ def main() -> None:
             # stopping does less, so its FLOP/s is an upper bound of the work done.
             work = flops * batch * args.steps
             tflops = work / seconds / 1e12
-            peak_t = peak_tflops(device, amp, args.peak_tflops)
+            peak_t = peak_tflops(device, bool(amp), args.peak_tflops)
             rows.append({
                 "model": args.model, "device": str(device), "batch": batch, "variant": name,
-                # advface's autocast is CUDA-only: on a CPU the amp rows run in fp32
-                "precision": ("bf16-autocast" if amp and device.type == "cuda"
-                              else "fp32 (amp: CUDA only)" if amp else "fp32"),
+                "precision": f"{amp}-autocast" if amp else "fp32",
                 "channels_last": args.channels_last, "compiled": args.compile,
                 "images_per_s": round(batch / seconds, 2), "seconds": round(seconds, 4),
                 "gflops_per_image_fwd_bwd": round(flops / 1e9, 3),

@@ -14,7 +14,9 @@ from advface.attacks.base import (
     Budget,
     Dodging,
     Impersonation,
+    LinfBox,
     attack_loss,
+    judge,
     l2_norm,
     linf_norm,
     on_grid,
@@ -150,3 +152,47 @@ def test_validate_images_rejects_off_grid() -> None:
         validate_images(torch.full((1, 3, 4, 4), 0.5 / 255))
     with pytest.raises(AdvfaceError):
         validate_images(torch.zeros(3, 4, 4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    eps255=st.one_of(st.floats(0.0, 40.0), st.just(math.inf)),
+    spread=st.floats(0.0, 0.3),
+)
+def test_linf_box_image_equals_safe_quantiser(seed: int, eps255: float, spread: float) -> None:
+    """PGD's grey-level iterate: projecting then rounding gives quantize_within's image."""
+    budget = Budget.from_8bit("linf", eps255)
+    clean, adv = _clean_and_adv(seed, 3, 6, spread)
+    box = LinfBox(clean, budget)
+    x255 = box.levels(adv)
+    assert torch.equal(box.levels(x255 / 255), x255)  # projecting twice changes nothing
+    img = box.image(x255)
+    assert torch.equal(img, quantize_within(clean, project(clean, adv, budget), budget))
+    assert torch.equal(quantize_within(clean, img, budget), img)
+    assert bool((linf_norm(img - clean) <= budget.effective_eps + 1e-6).all())
+    sub = box.select(torch.tensor([True, False, True]))
+    assert torch.equal(sub.image(sub.levels(adv[[0, 2]])), img[[0, 2]])
+
+
+def test_judge_reuses_only_exact_decisions() -> None:
+    """Known decisions skip the model only for rows judged exactly and left unchanged by
+    quantisation; every other row is run through the model."""
+    model = TinyNet(n_ids=4, width=4, seed=1).eval()
+    clean = grid_images(4, size=8, seed=2)
+    budget = Budget.from_8bit("linf", 4)
+    adv = quantize_within(clean, clean + 3 / 255, budget)
+    adv[3] = clean[3] + 2.5 / 255  # off the grid: quantisation changes it
+    rows: list[int] = []
+    model.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    with torch.no_grad():
+        truth = model(quantize_within(clean, adv, budget)).argmax(1)
+    rows.clear()
+    goal = Dodging(truth)  # the model's own decisions: nothing fooled
+    judged = torch.tensor([True, False, True, True])
+    claimed = torch.tensor([True, True, False, True])  # what an attack said it saw
+    res = judge(model, clean, goal, adv, budget, known=(judged, claimed))
+    assert rows == [2]  # row 1 (not judged) and row 3 (changed by rounding)
+    assert res.success.tolist() == [True, False, False, False]
+    rows.clear()
+    assert not bool(judge(model, clean, goal, adv, budget).success.any()) and rows == [4]

@@ -23,6 +23,7 @@ from advface.attacks import (
     quantize_within,
     transfer,
 )
+from advface.errors import AdvfaceError
 
 
 def _own_labels(model: nn.Module, x: Tensor) -> Tensor:
@@ -192,6 +193,67 @@ def test_clean_image_stays_a_candidate_with_or_without_early_stop(early_stop: bo
                  early_stop=early_stop)
     res = attack.run(model, clean, Dodging(torch.ones(2, dtype=torch.long)), seed=0)
     assert bool(res.success.all()) and torch.equal(res.adv, clean)
-    # early stop: clean (2), nothing left to attack, re-judge (2); without: the random start
-    # (2), then clean only where it failed (2), re-judge (2).
-    assert sum(calls) == (4 if early_stop else 6)
+    # early stop: clean (2), nothing left to attack; without: the random start (2), then clean
+    # only where it failed (2). The final judgement reuses these exact full-precision decisions.
+    assert sum(calls) == (2 if early_stop else 4)
+
+
+def test_compiled_model_gives_the_same_attack() -> None:
+    """``compile=`` runs the model through torch.compile (aot_eager: traced forward and
+    backward graphs, no C++ compiler needed) with the same adversarials and decisions, and
+    compiles once per model; an unknown backend is refused when the attack is built."""
+    model = TinyNet(n_ids=5, width=4, seed=2).eval()
+    images = grid_images(4, size=8, seed=5)
+    with torch.no_grad():
+        goal = Dodging(model(images).argmax(1))
+    plain = PGD(Budget.from_8bit("linf", 4), steps=4, early_stop=False)
+    compiled = PGD(Budget.from_8bit("linf", 4), steps=4, early_stop=False, compile="aot_eager")
+    a = plain.run(model, images, goal, seed=1)
+    b = compiled.run(model, images, goal, seed=1)
+    assert torch.allclose(a.adv, b.adv, atol=1.5 / 255) and torch.equal(a.success, b.success)
+    again = PGD(Budget.from_8bit("linf", 2), compile="aot_eager")  # another eps, same model
+    assert compiled.compiled(model) is again.compiled(model) is not model
+    assert plain.compiled(model) is model
+    with pytest.raises(AdvfaceError, match="backend"):
+        PGD(Budget.from_8bit("linf", 4), compile="no-such-backend")
+
+
+class _DtypeSpy(nn.Module):
+    """TinyNet whose head records the dtype it computes in (autocast shows up there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet(n_ids=5, width=4, seed=4)
+        self.seen: list[torch.dtype] = []
+        self.net.head.register_forward_hook(lambda m, i, o: self.seen.append(o.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_gradients_in_low_precision_decisions_in_fp32(amp: str) -> None:
+    """``amp`` runs gradient passes under autocast (here on the CPU), still fools the model,
+    and every decision behind ``success`` is the fp32 judgement of the returned image."""
+    model = _DtypeSpy().eval()
+    images = grid_images(6, size=8, seed=7)
+    goal = Dodging(_own_labels(model, images))
+    model.seen.clear()
+    budget = Budget.from_8bit("linf", 8)
+    low = PGD(budget, steps=5, amp=amp).run(model, images, goal, seed=0)
+    want = torch.bfloat16 if amp == "bf16" else torch.float16
+    assert want in model.seen and torch.float32 in model.seen
+    with torch.no_grad():
+        assert torch.equal(low.success, goal.success(model(low.adv)))
+    full = PGD(budget, steps=5).run(model, images, goal, seed=0)
+    assert low.success_rate >= full.success_rate - 1 / 6 and low.success_rate > 0
+    assert (amp == "fp16") == ("fp32_steps" in low.extras)
+
+
+def test_fp16_refused_where_the_loss_is_not_scaled() -> None:
+    with pytest.raises(AdvfaceError, match="fp16"):
+        CarliniWagnerL2(amp="fp16")
+    with pytest.raises(AdvfaceError, match="amp"):
+        PGD(Budget.from_8bit("linf", 4), amp="fp8")
+    assert DeepFool(amp="bf16").amp == "bf16" and PGD(Budget.from_8bit("linf", 4), amp=True).amp \
+        == "bf16"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -344,6 +345,45 @@ def quantize_within(clean: Tensor, adv: Tensor, budget: Budget) -> Tensor:
     return ((c255 + d_int) / 255.0).to(dtype)
 
 
+class LinfBox:
+    """The L-inf budget around clean images intersected with ``[0, 1]``, in grey levels.
+
+    Why: an iterative attack projects and rounds at every step. With the per-pixel bounds
+    computed once as whole grey levels (``lo = max(c - e, 0)``, ``hi = min(c + e, 255)``, ``c``
+    the clean level, ``e = floor(eps * 255)``), projecting an iterate kept in grey-level units is
+    one clamp and its saved image one rounding: no per-step copy of the clean batch. Rounding a
+    value inside ``[lo, hi]`` stays inside, so :meth:`image` is exactly what
+    :func:`quantize_within` would return for it.
+    """
+
+    def __init__(self, clean: Tensor, budget: Budget) -> None:
+        if budget.norm != "linf":
+            raise AdvfaceError(f"LinfBox needs an L-inf budget, got {budget}", fix="use norm linf")
+        c255 = (clean.detach() * 255.0).round()
+        e = budget.effective_eps * 255.0 if math.isfinite(budget.eps) else 255.0
+        e = float(round(e))
+        self.lo = (c255 - e).clamp_(min=0.0)
+        self.hi = (c255 + e).clamp_(max=255.0)
+
+    def select(self, keep: Tensor) -> LinfBox:
+        """The bounds of a subset of images (early stopping shrinks the batch)."""
+        box = LinfBox.__new__(LinfBox)
+        box.lo, box.hi = self.lo[keep], self.hi[keep]
+        return box
+
+    def levels(self, x: Tensor) -> Tensor:
+        """``x`` (in ``[0, 1]`` units) as grey levels projected into the box (a new tensor)."""
+        return self.clamp_((x.detach() * 255.0).nan_to_num_(0.0))
+
+    def clamp_(self, x255: Tensor) -> Tensor:
+        """Project grey-level iterates into the box, in place."""
+        return x255.clamp_(min=self.lo, max=self.hi)
+
+    def image(self, x255: Tensor) -> Tensor:
+        """The 8-bit image of grey-level iterates: in budget, on the grid, in ``[0, 1]``."""
+        return x255.round().div_(255.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Results and bookkeeping
 # --------------------------------------------------------------------------------------------
@@ -404,6 +444,10 @@ class BestTracker:
     margin wins. ``prefer="norm"`` (minimum-norm attacks): a success beats a failure, a smaller
     perturbation beats a larger one among successes, the larger margin among failures. Attacks
     feed every candidate they evaluate, so they can never report worse than something they saw.
+
+    ``judged`` marks images whose kept candidate came with ``exact=True``: its scores are the
+    model's full-precision decision on exactly that tensor, so :func:`judge` need not run the
+    model on it again (one forward pass per batch saved; see :meth:`Attack.run`).
     """
 
     def __init__(self, clean: Tensor, goal: Goal, norm: Norm, prefer: str = "margin") -> None:
@@ -416,25 +460,37 @@ class BestTracker:
         self.success = torch.zeros(n, dtype=torch.bool, device=clean.device)
         self.margin = torch.full((n,), -math.inf, device=clean.device)
         self.size = torch.full((n,), math.inf, device=clean.device)
+        self.judged = torch.zeros(n, dtype=torch.bool, device=clean.device)
 
-    def update(self, idx: Tensor, cand: Tensor, scores: Tensor) -> Tensor:
-        """Offer candidates for images ``idx``; returns their success mask (BoolTensor)."""
+    def update(self, idx: Tensor, cand: Tensor, scores: Tensor, *, exact: bool = False) -> Tensor:
+        """Offer candidates for images ``idx``; returns their success mask (BoolTensor).
+
+        ``exact=True`` promises that ``scores`` are ``model(cand)`` in eval mode and full
+        precision, ``cand`` already quantised within the budget (what :func:`judge` would
+        evaluate); only then may the final judgement reuse them.
+        """
         goal = self.goal[idx]
         scores = scores.detach().float()
         succ = goal.success(scores)
         marg = goal.margin(scores)
-        size = norm_of(cand - self.clean[idx], self.norm).float()
-        bs, bm, bn = self.success[idx], self.margin[idx], self.size[idx]
+        bs, bm = self.success[idx], self.margin[idx]
+        size = None
         if self.prefer == "norm":
+            size = norm_of(cand.detach() - self.clean[idx], self.norm).float()
+            bn = self.size[idx]
             better = (succ & ~bs) | (succ & bs & (size < bn)) | (~succ & ~bs & (marg > bm))
         else:
             better = (succ & ~bs) | ((succ == bs) & (marg > bm))
         if bool(better.any()):
-            j = idx[better]
-            self.adv[j] = cand.detach()[better].to(self.adv.dtype)
-            self.success[j] = succ[better]
-            self.margin[j] = marg[better]
-            self.size[j] = size[better]
+            every = bool(better.all())
+            j = idx if every else idx[better]
+            src = cand.detach() if every else cand.detach()[better]
+            self.adv.index_copy_(0, j, src.to(self.adv.dtype))
+            self.success[j] = succ if every else succ[better]
+            self.margin[j] = marg if every else marg[better]
+            self.judged[j] = exact
+            if size is not None:
+                self.size[j] = size if every else size[better]
         return succ
 
 
@@ -485,7 +541,12 @@ class Attack(ABC):
     #: Attack reports a per-image minimal perturbation in ``min_eps``.
     minimum_norm: ClassVar[bool] = False
 
-    def __init__(self, budget: Budget, *, amp: bool = False) -> None:
+    #: Whether the attack scales its loss for fp16 autocast (``amp="fp16"``); others refuse it.
+    fp16_ok: ClassVar[bool] = False
+
+    def __init__(
+        self, budget: Budget, *, amp: bool | str = False, compile: bool | str = False
+    ) -> None:
         if not isinstance(budget, Budget):
             raise AdvfaceError(
                 f"{type(self).__name__} needs a Budget, got {type(budget).__name__}",
@@ -497,7 +558,14 @@ class Attack(ABC):
                 fix=f"use one of {', '.join(self.norms)}",
             )
         self.budget = budget
-        self.amp = amp
+        self.amp = _amp_kind(amp)
+        if self.amp == "fp16" and not self.fp16_ok:
+            raise AdvfaceError(
+                f"attack {self.name!r} does not support amp='fp16': fp16 gradients need the "
+                "loss scaling that only the PGD family (FGSM, BIM, PGD, MI-FGSM) implements",
+                fix="use amp='bf16' (fp32's range, no scaling needed) or amp=False",
+            )
+        self.compile = _compile_backend(compile)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.budget})"
@@ -505,22 +573,46 @@ class Attack(ABC):
     # -- helpers for subclasses ---------------------------------------------------------------
 
     def amp_active(self, x: Tensor) -> bool:
-        """Mixed precision is used only on CUDA and only when asked for."""
-        return self.amp and x.is_cuda
+        """Whether gradient passes on ``x`` run under autocast (only when asked for)."""
+        return self.amp is not None
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor on the loss before backward: fp16's small range would flush gradients to 0."""
+        return FP16_LOSS_SCALE if self.amp == "fp16" else 1.0
 
     def scores(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Forward pass for gradients: bf16 autocast when :meth:`amp_active`.
+        """Forward pass for gradients: autocast in ``amp``'s dtype when asked for.
 
-        Decisions that feed the best-so-far bookkeeping are always taken in full precision
-        (attacks re-evaluate when amp is on), so bf16 rounding cannot fake a success.
+        Works on any device torch autocasts (CUDA; CPUs, where it pays off only with bf16/fp16
+        units such as AMX). Decisions that feed the best-so-far bookkeeping are always taken in
+        full precision (attacks re-evaluate when amp is on), so rounding cannot fake a success.
         """
-        if self.amp_active(x):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if self.amp is not None:
+            with torch.autocast(x.device.type, dtype=_AMP_DTYPES[self.amp]):
                 return model(x).float()
         return model(x)
 
     def quantize(self, clean: Tensor, adv: Tensor) -> Tensor:
         return quantize_within(clean, adv, self.budget)
+
+    def compiled(self, model: nn.Module) -> nn.Module:
+        """``model`` behind ``torch.compile`` when the attack was built with ``compile``.
+
+        The wrapper shares the model's parameters and mode. It is cached for the few most
+        recently used models (:data:`_COMPILED`), across attack objects, so an experiment that
+        builds one attack per eps and batch compiles each model once.
+        """
+        if self.compile is None:
+            return model
+        key = (id(model), self.compile)
+        hit = _COMPILED.pop(key, None)
+        wrapped = hit[1] if hit is not None and hit[0] is model else torch.compile(
+            model, backend=self.compile)
+        _COMPILED[key] = (model, wrapped)
+        while len(_COMPILED) > _COMPILED_KEEP:
+            _COMPILED.popitem(last=False)
+        return wrapped
 
     # -- the public entry point ---------------------------------------------------------------
 
@@ -553,6 +645,7 @@ class Attack(ABC):
             )
         gen = make_generator(seed, images.device)
         with eval_mode(model):
+            model = self.compiled(model)
             if images.shape[0] == 0:
                 tracker = BestTracker(images, goal, self.budget.norm)
                 counts: dict[str, Tensor] = {}
@@ -568,6 +661,7 @@ class Attack(ABC):
                 iterations=iterations,
                 queries=queries,
                 extras=counts,
+                known=(tracker.judged, tracker.success),
             )
 
     @abstractmethod
@@ -595,6 +689,7 @@ class Attack(ABC):
         iterations: Tensor | None = None,
         queries: Tensor | None = None,
         extras: dict[str, Tensor] | None = None,
+        known: tuple[Tensor, Tensor] | None = None,
     ) -> AttackResult:
         """Quantise within budget, judge on the model in full precision, measure norms."""
         return judge(
@@ -607,7 +702,44 @@ class Attack(ABC):
             queries=queries,
             extras=extras,
             minimum_norm=self.minimum_norm,
+            known=known,
         )
+
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Static loss scale for fp16 gradient passes (a margin loss is O(1), so 2^12 keeps input
+#: gradients out of fp16's subnormals without overflowing; an overflowing step is redone in fp32).
+FP16_LOSS_SCALE = 2.0**12
+
+
+def _amp_kind(amp: bool | str) -> str | None:
+    """``amp`` as "bf16", "fp16" or None (off); True means bf16, which needs no loss scaling."""
+    if amp is False or amp is None:
+        return None
+    kind = "bf16" if amp is True else str(amp).lower()
+    if kind not in _AMP_DTYPES:
+        raise AdvfaceError(f"unknown amp {amp!r}", fix="use amp=True/'bf16', 'fp16' or False")
+    return kind
+
+
+#: Compiled wrappers of recently attacked models, oldest first: (id, backend) -> (model,
+#: wrapper). The model is held so its id cannot be reused by another object while cached.
+_COMPILED: OrderedDict[tuple[int, str], tuple[nn.Module, nn.Module]] = OrderedDict()
+_COMPILED_KEEP = 4
+
+
+def _compile_backend(compile: bool | str) -> str | None:
+    """``compile`` as a torch.compile backend name (None = off); unknown names fail early."""
+    if compile is False or compile is None:
+        return None
+    backend = "inductor" if compile is True else str(compile)
+    known = set(torch.compiler.list_backends(exclude_tags=()))
+    if backend not in known:
+        raise AdvfaceError(
+            f"unknown torch.compile backend {backend!r}",
+            fix=f"use compile=True (inductor) or one of {', '.join(sorted(known))}",
+        )
+    return backend
 
 
 def validate_images(images: Tensor) -> Tensor:
@@ -643,19 +775,33 @@ def judge(
     queries: Tensor | None = None,
     extras: dict[str, Tensor] | None = None,
     minimum_norm: bool = False,
+    known: tuple[Tensor, Tensor] | None = None,
 ) -> AttackResult:
     """Build an :class:`AttackResult` from candidate adversarials (quantised here).
 
     Used by every attack and by transfer evaluation: the decision is taken by ``model`` on the
-    quantised images in full precision.
+    quantised images in full precision. ``known = (judged, success)`` gives decisions the
+    attack already took with ``model`` in full precision on exactly these tensors
+    (:attr:`BestTracker.judged`); those images are not evaluated again unless quantisation
+    changed them.
     """
-    adv = quantize_within(clean, adv, budget)
-    if adv.shape[0]:
-        scores = model(adv).float()
-        goal.check(scores)
-        success = goal.success(scores)
-    else:
-        success = torch.zeros(0, dtype=torch.bool, device=adv.device)
+    quantized = quantize_within(clean, adv, budget)
+    success = torch.zeros(adv.shape[0], dtype=torch.bool, device=adv.device)
+    todo = torch.ones_like(success)
+    if known is not None and adv.shape[0]:
+        judged, decided = known
+        unchanged = (quantized == adv).reshape(adv.shape[0], -1).all(dim=1)
+        reuse = judged.to(success.device) & unchanged
+        success = torch.where(reuse, decided.to(success.device), success)
+        todo = ~reuse
+    adv = quantized
+    if bool(todo.any()):
+        rows = todo.nonzero()[:, 0]
+        every = rows.numel() == adv.shape[0]
+        scores = model(adv if every else adv[rows]).float()
+        sub = goal if every else goal[rows]
+        sub.check(scores)
+        success[rows] = sub.success(scores)
     delta = adv - clean
     linf = linf_norm(delta)
     l2 = l2_norm(delta)

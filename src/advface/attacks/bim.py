@@ -33,7 +33,8 @@ class BIM(PGD):
         ti_sigma: float | None = None,
         schedule: Schedule = "constant",
         early_stop: bool = True,
-        amp: bool = False,
+        amp: bool | str = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__(
             budget,
@@ -51,4 +52,5 @@ class BIM(PGD):
             schedule=schedule,
             early_stop=early_stop,
             amp=amp,
+            compile=compile,
         )

@@ -49,7 +49,7 @@ class CarliniWagnerL2(Attack):
         lr: float = 0.01,
         kappa: float = 0.0,
         abort_early: bool = True,
-        amp: bool = False,
+        amp: bool | str = False,
     ) -> None:
         super().__init__(budget if budget is not None else Budget("l2", math.inf), amp=amp)
         if steps < 1 or binary_search_steps < 1 or initial_const <= 0 or lr <= 0:

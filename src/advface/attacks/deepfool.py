@@ -42,7 +42,7 @@ class DeepFool(Attack):
         steps: int = 50,
         overshoot: float = 0.02,
         candidates: int = 10,
-        amp: bool = False,
+        amp: bool | str = False,
     ) -> None:
         super().__init__(budget if budget is not None else Budget("l2", math.inf), amp=amp)
         if steps < 1 or overshoot < 0 or candidates < 1:

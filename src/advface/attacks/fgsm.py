@@ -26,7 +26,8 @@ class FGSM(PGD):
         loss: LossKind = "margin",
         temperature: float = 1.0,
         kappa: float = math.inf,
-        amp: bool = False,
+        amp: bool | str = False,
+        compile: bool | str = False,
     ) -> None:
         eps = budget.effective_eps
         super().__init__(
@@ -39,4 +40,5 @@ class FGSM(PGD):
             temperature=temperature,
             kappa=kappa,
             amp=amp,
+            compile=compile,
         )

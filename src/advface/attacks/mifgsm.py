@@ -33,7 +33,8 @@ class MIFGSM(PGD):
         ti_kernel: int = 0,
         ti_sigma: float | None = None,
         early_stop: bool = True,
-        amp: bool = False,
+        amp: bool | str = False,
+        compile: bool | str = False,
     ) -> None:
         if step_size is None:
             eps = budget.effective_eps
@@ -54,4 +55,5 @@ class MIFGSM(PGD):
             ti_sigma=ti_sigma,
             early_stop=early_stop,
             amp=amp,
+            compile=compile,
         )

@@ -30,10 +30,12 @@ from advface.attacks.base import (
     BestTracker,
     Budget,
     Goal,
+    LinfBox,
     LossKind,
     attack_loss,
     l2_norm,
     project,
+    quantize_within,
 )
 from advface.attacks.diversity import InputDiversity, TranslationInvariance
 from advface.errors import AdvfaceError
@@ -67,6 +69,47 @@ def steepest_step(grad: Tensor, norm: str) -> Tensor:
     return grad / _per_image(l2_norm(grad).clamp_min(1e-12), grad)
 
 
+class _LinfIterate:
+    """PGD's continuous L-inf iterate, kept in grey levels inside a :class:`LinfBox`.
+
+    Why its own class: projecting and rounding are then one clamp and one rounding per step,
+    with no copy of the clean images (see :class:`LinfBox`); the saved image is the same one
+    :func:`quantize_within` would give.
+    """
+
+    def __init__(self, clean: Tensor, start: Tensor, budget: Budget) -> None:
+        self.box = LinfBox(clean, budget)
+        self.x255 = self.box.levels(start)
+
+    def image(self) -> Tensor:
+        return self.box.image(self.x255)
+
+    def select(self, keep: Tensor) -> _LinfIterate:
+        it = _LinfIterate.__new__(_LinfIterate)
+        it.box, it.x255 = self.box.select(keep), self.x255[keep]
+        return it
+
+    def step(self, direction: Tensor, alpha: float) -> None:
+        self.box.clamp_(self.x255.add_(direction, alpha=alpha * 255.0))
+
+
+class _L2Iterate:
+    """PGD's continuous L2 iterate in ``[0, 1]`` units: projection onto the ball and the box,
+    budget-safe rounding (:func:`quantize_within`) for the image that is evaluated."""
+
+    def __init__(self, clean: Tensor, start: Tensor, budget: Budget) -> None:
+        self.clean, self.x, self.budget = clean, start, budget
+
+    def image(self) -> Tensor:
+        return quantize_within(self.clean, self.x, self.budget)
+
+    def select(self, keep: Tensor) -> _L2Iterate:
+        return _L2Iterate(self.clean[keep], self.x[keep], self.budget)
+
+    def step(self, direction: Tensor, alpha: float) -> None:
+        self.x = project(self.clean, self.x + alpha * direction, self.budget)
+
+
 class PGD(Attack):
     """Projected gradient ascent on the goal loss with restarts, keeping the best per image.
 
@@ -82,11 +125,15 @@ class PGD(Attack):
         ti_kernel: TI Gaussian kernel size (0 = off); ti_sigma: its std (default size/6).
         schedule: ``"constant"`` or ``"cosine"`` (step decays to ~0 by the last step).
         early_stop: drop an image from the batch as soon as it is fooled.
-        amp: bf16 autocast for gradient passes on CUDA; decisions are re-taken in fp32.
+        amp: autocast for gradient passes, ``True``/``"bf16"`` or ``"fp16"`` (loss-scaled; a
+            step whose scaled gradient overflows is redone in fp32 and counted in
+            ``extras["fp32_steps"]``); decisions are always re-taken in fp32.
+        compile: run the model through ``torch.compile`` (True: inductor; or a backend name).
     """
 
     name = "pgd"
     supports_init = True
+    fp16_ok = True
 
     def __init__(
         self,
@@ -106,9 +153,10 @@ class PGD(Attack):
         ti_sigma: float | None = None,
         schedule: Schedule = "constant",
         early_stop: bool = True,
-        amp: bool = False,
+        amp: bool | str = False,
+        compile: bool | str = False,
     ) -> None:
-        super().__init__(budget, amp=amp)
+        super().__init__(budget, amp=amp, compile=compile)
         if steps < 0 or random_restarts < 0:
             raise AdvfaceError(
                 f"steps and random_restarts must be >= 0, got {steps}, {random_restarts}",
@@ -163,6 +211,7 @@ class PGD(Attack):
         n = images.shape[0]
         tracker = BestTracker(images, goal, self.budget.norm)
         iterations = torch.zeros(n, dtype=torch.long, device=images.device)
+        self._fp32_steps = torch.zeros_like(iterations)
         everyone = torch.arange(n, device=images.device)
         starts = ["zero"] * int(self.zero_start) + ["random"] * self.random_restarts
         clean_is_candidate = not self.zero_start or init is not None
@@ -170,7 +219,7 @@ class PGD(Attack):
             # The clean image itself is always a candidate: an image the model already gets
             # wrong (Dodging) is a success at zero cost and is never attacked.
             with torch.no_grad():
-                tracker.update(everyone, images, model(images))
+                tracker.update(everyone, images, model(images), exact=True)
         for start in starts:
             idx = everyone[~tracker.success] if self.early_stop else everyone
             if idx.numel() == 0:
@@ -190,8 +239,11 @@ class PGD(Attack):
             rest = everyone[~tracker.success]
             if rest.numel():
                 with torch.no_grad():
-                    tracker.update(rest, images[rest], model(images[rest]))
-        return tracker, {"iterations": iterations}
+                    tracker.update(rest, images[rest], model(images[rest]), exact=True)
+        counts = {"iterations": iterations}
+        if self.amp == "fp16":
+            counts["fp32_steps"] = self._fp32_steps
+        return tracker, counts
 
     def _descend(
         self,
@@ -205,49 +257,57 @@ class PGD(Attack):
         x: Tensor,
     ) -> None:
         """One run from start ``x`` for images ``idx``; updates tracker and counters in place."""
-        norm = self.budget.norm
+        it = _LinfIterate(images[idx], x, self.budget) if self.budget.norm == "linf" else \
+            _L2Iterate(images[idx], x, self.budget)
         velocity = torch.zeros_like(x) if self.momentum else None
         for t in range(self.steps + 1):
-            clean = images[idx]
-            q = self.quantize(clean, x)
-            last = t == self.steps
-            if last:
+            q = it.image()
+            if t == self.steps:
                 with torch.no_grad():
-                    tracker.update(idx, q, model(q))
+                    tracker.update(idx, q, model(q), exact=True)
                 break
             grad, scores = self._gradient(model, q, goal[idx], gen)
-            succ = tracker.update(idx, q, scores)
+            if self.amp == "fp16" and not bool(torch.isfinite(grad).all()):
+                # The scaled fp16 backward overflowed: this step is redone in fp32.
+                grad, scores = self._gradient(model, q, goal[idx], gen, autocast=False)
+                self._fp32_steps[idx] += 1
+            succ = tracker.update(idx, q, scores, exact=True)
             iterations[idx] += 1
             if self.early_stop and bool(succ.any()):
                 keep = ~succ
-                idx, x, grad = idx[keep], x[keep], grad[keep]
+                idx, grad = idx[keep], grad[keep]
+                it = it.select(keep)
                 if velocity is not None:
                     velocity = velocity[keep]
                 if idx.numel() == 0:
                     break
-                clean = images[idx]
             if self.translation is not None:
                 grad = self.translation(grad)
             if velocity is not None:
                 l1 = grad.abs().reshape(grad.shape[0], -1).mean(dim=1).clamp_min(1e-12)
                 velocity = self.momentum * velocity + grad / _per_image(l1, grad)
                 grad = velocity
-            x = project(clean, x + self._alpha(t) * steepest_step(grad, norm), self.budget)
+            it.step(steepest_step(grad, self.budget.norm), self._alpha(t))
 
     def _gradient(
-        self, model: nn.Module, q: Tensor, goal: Goal, gen: torch.Generator
+        self, model: nn.Module, q: Tensor, goal: Goal, gen: torch.Generator,
+        autocast: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Loss gradient at the quantised images and the scores *of those images*."""
+        amp = autocast and self.amp_active(q)
         with torch.enable_grad():
             q = q.detach().requires_grad_(True)
             inp = self.diversity(q, gen) if self.diversity is not None else q
-            scores = self.scores(model, inp)
+            scores = self.scores(model, inp) if amp else model(inp)
             goal.check(scores)
             loss = attack_loss(
                 scores.float(), goal, self.loss, temperature=self.temperature, kappa=self.kappa
             ).sum()
-            (grad,) = torch.autograd.grad(loss, q)
-        if self.diversity is not None or self.amp_active(q):
+            scale = self.loss_scale if amp else 1.0
+            (grad,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, q)
+            if scale != 1.0:
+                grad = grad / scale
+        if self.diversity is not None or amp:
             with torch.no_grad():
                 scores = model(q.detach()).float()
         return grad.detach(), scores.detach()
