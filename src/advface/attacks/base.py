@@ -156,8 +156,7 @@ class Goal(ABC):
 
 def _best_other(scores: Tensor, labels: Tensor) -> Tensor:
     """Highest score among the columns other than ``labels`` (per row)."""
-    masked = scores.masked_fill(F.one_hot(labels, scores.shape[1]).bool(), -math.inf)
-    return masked.max(dim=1).values
+    return scores.scatter(1, labels[:, None], -math.inf).max(dim=1).values
 
 
 class Dodging(Goal):
@@ -461,34 +460,57 @@ class BestTracker:
         self.margin = torch.full((n,), -math.inf, device=clean.device)
         self.size = torch.full((n,), math.inf, device=clean.device)
         self.judged = torch.zeros(n, dtype=torch.bool, device=clean.device)
+        #: ``idx`` meaning "all images, in order"; passing this very tensor skips the indexing
+        #: (the common case of attacks without early stopping, where it costs the most).
+        self.everyone = torch.arange(n, device=clean.device)
 
-    def update(self, idx: Tensor, cand: Tensor, scores: Tensor, *, exact: bool = False) -> Tensor:
+    def update(
+        self,
+        idx: Tensor,
+        cand: Tensor,
+        scores: Tensor,
+        *,
+        exact: bool = False,
+        margin: Tensor | None = None,
+    ) -> Tensor:
         """Offer candidates for images ``idx``; returns their success mask (BoolTensor).
 
         ``exact=True`` promises that ``scores`` are ``model(cand)`` in eval mode and full
         precision, ``cand`` already quantised within the budget (what :func:`judge` would
-        evaluate); only then may the final judgement reuse them.
+        evaluate); only then may the final judgement reuse them. ``margin``: the goal's margin
+        of these scores when the caller already computed it.
         """
-        goal = self.goal[idx]
+        every_row = idx is self.everyone
+
+        def rows(t: Tensor) -> Tensor:
+            return t if every_row else t[idx]
+
+        goal = self.goal if every_row else self.goal[idx]
         scores = scores.detach().float()
         succ = goal.success(scores)
-        marg = goal.margin(scores)
-        bs, bm = self.success[idx], self.margin[idx]
+        marg = goal.margin(scores) if margin is None else margin.detach().float()
+        bs, bm = rows(self.success), rows(self.margin)
         size = None
         if self.prefer == "norm":
-            size = norm_of(cand.detach() - self.clean[idx], self.norm).float()
-            bn = self.size[idx]
-            better = (succ & ~bs) | (succ & bs & (size < bn)) | (~succ & ~bs & (marg > bm))
+            size = norm_of(cand.detach() - rows(self.clean), self.norm).float()
+            better = (succ & ~bs) | (succ & bs & (size < rows(self.size))) | (
+                ~succ & ~bs & (marg > bm))
         else:
             better = (succ & ~bs) | ((succ == bs) & (marg > bm))
         if bool(better.any()):
             every = bool(better.all())
             j = idx if every else idx[better]
             src = cand.detach() if every else cand.detach()[better]
-            self.adv.index_copy_(0, j, src.to(self.adv.dtype))
-            self.success[j] = succ if every else succ[better]
-            self.margin[j] = marg if every else marg[better]
-            self.judged[j] = exact
+            if every and every_row:  # everything improved: plain copies, no scatter
+                self.adv.copy_(src)
+                self.success.copy_(succ)
+                self.margin.copy_(marg)
+                self.judged.fill_(exact)
+            else:
+                self.adv.index_copy_(0, j, src.to(self.adv.dtype))
+                self.success[j] = succ if every else succ[better]
+                self.margin[j] = marg if every else marg[better]
+                self.judged[j] = exact
             if size is not None:
                 self.size[j] = size if every else size[better]
         return succ

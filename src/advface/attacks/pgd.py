@@ -212,7 +212,7 @@ class PGD(Attack):
         tracker = BestTracker(images, goal, self.budget.norm)
         iterations = torch.zeros(n, dtype=torch.long, device=images.device)
         self._fp32_steps = torch.zeros_like(iterations)
-        everyone = torch.arange(n, device=images.device)
+        everyone = tracker.everyone
         starts = ["zero"] * int(self.zero_start) + ["random"] * self.random_restarts
         clean_is_candidate = not self.zero_start or init is not None
         if clean_is_candidate and self.early_stop:
@@ -260,22 +260,27 @@ class PGD(Attack):
         it = _LinfIterate(images[idx], x, self.budget) if self.budget.norm == "linf" else \
             _L2Iterate(images[idx], x, self.budget)
         velocity = torch.zeros_like(x) if self.momentum else None
+        sub = goal if idx is tracker.everyone else goal[idx]
         for t in range(self.steps + 1):
             q = it.image()
             if t == self.steps:
                 with torch.no_grad():
                     tracker.update(idx, q, model(q), exact=True)
                 break
-            grad, scores = self._gradient(model, q, goal[idx], gen)
+            grad, scores, margin = self._gradient(model, q, sub, gen, check=t == 0)
             if self.amp == "fp16" and not bool(torch.isfinite(grad).all()):
                 # The scaled fp16 backward overflowed: this step is redone in fp32.
-                grad, scores = self._gradient(model, q, goal[idx], gen, autocast=False)
+                grad, scores, margin = self._gradient(model, q, sub, gen, autocast=False)
                 self._fp32_steps[idx] += 1
-            succ = tracker.update(idx, q, scores, exact=True)
-            iterations[idx] += 1
+            succ = tracker.update(idx, q, scores, exact=True, margin=margin)
+            if idx is tracker.everyone:
+                iterations += 1
+            else:
+                iterations[idx] += 1
             if self.early_stop and bool(succ.any()):
                 keep = ~succ
                 idx, grad = idx[keep], grad[keep]
+                sub = goal[idx]
                 it = it.select(keep)
                 if velocity is not None:
                     velocity = velocity[keep]
@@ -291,23 +296,30 @@ class PGD(Attack):
 
     def _gradient(
         self, model: nn.Module, q: Tensor, goal: Goal, gen: torch.Generator,
-        autocast: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """Loss gradient at the quantised images and the scores *of those images*."""
+        autocast: bool = True, check: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Loss gradient at the quantised images, the scores *of those images* and, when the
+        loss is the plain margin of those scores, that margin (the tracker reuses it)."""
         amp = autocast and self.amp_active(q)
         with torch.enable_grad():
             q = q.detach().requires_grad_(True)
             inp = self.diversity(q, gen) if self.diversity is not None else q
             scores = self.scores(model, inp) if amp else model(inp)
-            goal.check(scores)
-            loss = attack_loss(
+            if check:  # same model and goal at every step: checking once is enough
+                goal.check(scores)
+            per_image = attack_loss(
                 scores.float(), goal, self.loss, temperature=self.temperature, kappa=self.kappa
-            ).sum()
+            )
             scale = self.loss_scale if amp else 1.0
-            (grad,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, q)
+            loss = per_image.sum() * scale if scale != 1.0 else per_image.sum()
+            (grad,) = torch.autograd.grad(loss, q)
             if scale != 1.0:
                 grad = grad / scale
         if self.diversity is not None or amp:
             with torch.no_grad():
                 scores = model(q.detach()).float()
-        return grad.detach(), scores.detach()
+            margin = None
+        else:
+            plain = self.loss == "margin" and not math.isfinite(self.kappa)
+            margin = per_image.detach() if plain else None
+        return grad.detach(), scores.detach(), margin
