@@ -148,8 +148,9 @@ def test_square_counts_queries_and_respects_budget(norm: str) -> None:
     result = Square(budget, max_queries=300).run(model, x, goal, seed=0)
     assert result.queries is not None
     assert int(result.queries.max()) <= 300
-    # Every forward the attack made is a counted query; +1 per image for the final judgement.
-    assert model.seen == int(result.queries.sum()) + x.shape[0]
+    # Every forward the attack made is a counted query, and there are no others: the final
+    # judgement reuses the full-precision decisions taken on the returned images.
+    assert model.seen == int(result.queries.sum())
     # Fooled images stopped early; the others used the whole budget.
     assert bool((result.queries[~result.success] == 300).all())
     assert result.success_rate >= 0.6
@@ -257,3 +258,28 @@ def test_fp16_refused_where_the_loss_is_not_scaled() -> None:
         PGD(Budget.from_8bit("linf", 4), amp="fp8")
     assert DeepFool(amp="bf16").amp == "bf16" and PGD(Budget.from_8bit("linf", 4), amp=True).amp \
         == "bf16"
+
+
+class _Loud(nn.Module):
+    """Scores scaled by 1e4: the loss-scaled fp16 backward overflows (4096 * 1e4 > 65504)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet(n_ids=4, width=4, seed=6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) * 1e4
+
+
+def test_fp16_overflow_redoes_the_step_in_fp32() -> None:
+    """A step whose scaled fp16 gradient is not finite is recomputed in fp32 and counted; the
+    attack then moves as the fp32 attack does."""
+    model = _Loud().eval()
+    images = grid_images(3, size=8, seed=8)
+    goal = Dodging(_own_labels(model, images))
+    budget = Budget.from_8bit("linf", 6)
+    low = PGD(budget, steps=3, amp="fp16", early_stop=False).run(model, images, goal, seed=0)
+    assert bool((low.extras["fp32_steps"] == low.iterations).all())
+    assert int(low.iterations.sum()) > 0
+    full = PGD(budget, steps=3, early_stop=False).run(model, images, goal, seed=0)
+    assert torch.equal(low.adv, full.adv) and torch.equal(low.success, full.success)

@@ -78,7 +78,7 @@ class CarliniWagnerL2(Attack):
         everyone = torch.arange(n, device=dev)
         iterations = torch.zeros(n, dtype=torch.long, device=dev)
         with torch.no_grad():
-            tracker.update(everyone, images, model(images))
+            tracker.update(everyone, images, model(images), exact=True)
         w0 = torch.atanh((images * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=dev)
         lo = torch.zeros(n, device=dev)
@@ -120,7 +120,7 @@ class CarliniWagnerL2(Attack):
                 loss.backward()
             with torch.no_grad():
                 q = self.quantize(images, x.detach())
-                found |= tracker.update(everyone, q, model(q))
+                found |= tracker.update(everyone, q, model(q), exact=True)
             opt.step()
             iterations += 1
             if self.abort_early and (step + 1) % check_every == 0:

@@ -79,10 +79,10 @@ class DeepFool(Attack):
                     goal.check(scores)
                 if self.amp_active(q):
                     with torch.no_grad():
-                        exact = model(q.detach())
+                        full = model(q.detach())
                 else:
-                    exact = scores.detach()
-                succ = tracker.update(idx, q.detach(), exact)
+                    full = scores.detach()
+                succ = tracker.update(idx, q.detach(), full, exact=True)
                 keep = ~succ
                 if t == self.steps or not bool(keep.any()):
                     break

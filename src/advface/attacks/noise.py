@@ -34,6 +34,8 @@ class RandomNoise(Attack):
         cand = self.quantize(images, project(images, images + delta, self.budget))
         tracker = BestTracker(images, goal, self.budget.norm)
         with torch.no_grad():
-            tracker.update(torch.arange(shape[0], device=images.device), cand, model(cand))
+            tracker.update(
+                torch.arange(shape[0], device=images.device), cand, model(cand), exact=True
+            )
         ones = torch.ones(shape[0], dtype=torch.long, device=images.device)
         return tracker, {"queries": ones}

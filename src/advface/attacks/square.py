@@ -85,7 +85,7 @@ class Square(Attack):
         scores = model(images)
         goal.check(scores)
         queries += 1
-        succ = tracker.update(everyone, images, scores)
+        succ = tracker.update(everyone, images, scores, exact=True)
         active = everyone[~succ]
         if self.max_queries < 2 or active.numel() == 0:
             return tracker, {"queries": queries}
@@ -101,7 +101,7 @@ class Square(Attack):
         current[active] = x - clean
         current_margin = torch.full((n,), -math.inf, device=dev)
         current_margin[active] = goal[active].margin(scores.float())
-        succ = tracker.update(active, x, scores)
+        succ = tracker.update(active, x, scores, exact=True)
         active = active[~succ]
 
         for it in range(self.max_queries - 2):
@@ -120,7 +120,7 @@ class Square(Attack):
             scores = model(x)
             queries[active] += 1
             margin = goal[active].margin(scores.float())
-            succ = tracker.update(active, x, scores)
+            succ = tracker.update(active, x, scores, exact=True)
             improved = margin > current_margin[active]
             moved = active[improved]
             current[moved] = (x - clean)[improved]
