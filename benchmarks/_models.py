@@ -19,7 +19,8 @@ Inputs for ``dlib``/``adhoc``: the first ``batch`` probes (sorted keys) of the c
 the ad-hoc model was trained on and ``configs/lfw_default.yaml`` attacks (people with >= 20
 images, 1 probe each, no distractors, split seed 0: 62 identities, 62 probes), as the cached
 aligned chips; labels are the true identities. Missing data or chips stop the benchmark with
-what to run; nothing falls back to random data.
+what to run; nothing falls back to random data. ``--pack DIR`` takes the same models and inputs
+from a pack written by ``gpu_pack.py`` (for the accelerator machine, which has no data).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
                     help="LFW folder (default $ADVFACE_DATA or ../shared/data/lfw)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="advface cache with chips/embeddings (default $ADVFACE_CACHE)")
+    ap.add_argument("--pack", type=Path, default=None,
+                    help="take dlib/adhoc and their inputs from a GPU pack (gpu_pack.py) "
+                    "instead of the data and cache")
 
 
 def model_argv(args: argparse.Namespace) -> list[str]:
@@ -96,6 +100,8 @@ def model_argv(args: argparse.Namespace) -> list[str]:
         out += ["--data", str(args.data)]
     if args.cache is not None:
         out += ["--cache", str(args.cache)]
+    if getattr(args, "pack", None) is not None:
+        out += ["--pack", str(args.pack)]
     return out
 
 
@@ -164,6 +170,11 @@ def build_bench(args: argparse.Namespace, batch: int) -> Bench:
             y = model(x).argmax(1)
         return Bench(model, x, y, f"tiny random CNN, 10 classes, random {args.size}x{args.size} "
                      "images labelled by its own predictions")
+
+    if getattr(args, "pack", None) is not None:
+        from gpu_pack import load_bench
+
+        return load_bench(args.pack, args.model, batch)
 
     from advface.errors import AdvfaceError
     from advface.experiments.config import ModelSpec

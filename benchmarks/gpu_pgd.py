@@ -183,7 +183,8 @@ def main() -> None:
     text = "\n".join(md) + "\n"
     print(text)
     if args.out is not None:
-        write_tables(args.out, f"gpu_pgd_{args.model}_{device.type}", rows, text)
+        stem = f"gpu_pgd_{args.model}_{device.type}" + ("_compiled" if args.compile else "")
+        write_tables(args.out, stem, rows, text)
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ class PGD(Attack):
         n = images.shape[0]
         tracker = BestTracker(images, goal, self.budget.norm)
         iterations = torch.zeros(n, dtype=torch.long, device=images.device)
-        self._fp32_steps = torch.zeros_like(iterations)
+        fp32_steps = torch.zeros_like(iterations)
         everyone = tracker.everyone
         starts = ["zero"] * int(self.zero_start) + ["random"] * self.random_restarts
         clean_is_candidate = not self.zero_start or init is not None
@@ -231,7 +231,7 @@ class PGD(Attack):
                 x = project(clean, init[idx].to(clean.dtype), self.budget)
             else:
                 x = random_start(clean, self.budget, gen)
-            self._descend(model, images, goal, gen, tracker, iterations, idx, x)
+            self._descend(model, images, goal, gen, tracker, (iterations, fp32_steps), idx, x)
         if clean_is_candidate and not self.early_stop:
             # Without early stopping every image is attacked anyway, so the clean candidate is
             # only offered where no candidate succeeded: one forward pass saved per batch
@@ -242,7 +242,7 @@ class PGD(Attack):
                     tracker.update(rest, images[rest], model(images[rest]), exact=True)
         counts = {"iterations": iterations}
         if self.amp == "fp16":
-            counts["fp32_steps"] = self._fp32_steps
+            counts["fp32_steps"] = fp32_steps
         return tracker, counts
 
     def _descend(
@@ -252,11 +252,13 @@ class PGD(Attack):
         goal: Goal,
         gen: torch.Generator,
         tracker: BestTracker,
-        iterations: Tensor,
+        counters: tuple[Tensor, Tensor],
         idx: Tensor,
         x: Tensor,
     ) -> None:
-        """One run from start ``x`` for images ``idx``; updates tracker and counters in place."""
+        """One run from start ``x`` for images ``idx``; updates the tracker and the per-image
+        counters (gradient steps, fp16 steps redone in fp32) in place."""
+        iterations, fp32_steps = counters
         it = _LinfIterate(images[idx], x, self.budget) if self.budget.norm == "linf" else \
             _L2Iterate(images[idx], x, self.budget)
         velocity = torch.zeros_like(x) if self.momentum else None
@@ -271,7 +273,7 @@ class PGD(Attack):
             if self.amp == "fp16" and not bool(torch.isfinite(grad).all()):
                 # The scaled fp16 backward overflowed: this step is redone in fp32.
                 grad, scores, margin = self._gradient(model, q, sub, gen, autocast=False)
-                self._fp32_steps[idx] += 1
+                fp32_steps[idx] += 1
             succ = tracker.update(idx, q, scores, exact=True, margin=margin)
             if idx is tracker.everyone:
                 iterations += 1

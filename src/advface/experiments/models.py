@@ -12,34 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from advface.errors import CheckpointError
 from advface.experiments.config import ModelSpec
-
-
-class SoftmaxScorer(nn.Module):
-    """The ad-hoc model's softmax head, columns reordered to the run's identity order."""
-
-    def __init__(self, model: nn.Module, identity_names: list[str]):
-        super().__init__()
-        self.model = model
-        names = list(getattr(model, "class_names", []) or [])
-        missing = sorted(set(identity_names) - set(names))
-        if missing:
-            raise CheckpointError(
-                f"the softmax head does not know {len(missing)} gallery identities "
-                f"(e.g. {missing[:3]})",
-                fix="train the ad-hoc model on the same split as the experiment (same "
-                "data.min_images/probe settings, distractors: false), or use decision "
-                "'gallery-nearest'",
-            )
-        index = {n: i for i, n in enumerate(names)}
-        self.register_buffer("perm", torch.tensor([index[n] for n in identity_names]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model.logits(x)[:, self.perm]
+from advface.models.softmax_scorer import SoftmaxScorer
 
 
 def fingerprint(model: nn.Module) -> str:
