@@ -283,3 +283,20 @@ def test_fp16_overflow_redoes_the_step_in_fp32() -> None:
     assert int(low.iterations.sum()) > 0
     full = PGD(budget, steps=3, early_stop=False).run(model, images, goal, seed=0)
     assert torch.equal(low.adv, full.adv) and torch.equal(low.success, full.success)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_channels_last_inputs_stay_channels_last(norm: str) -> None:
+    """The GPU path's channels_last layout survives the engine: every batch the model sees and
+    the returned images keep the caller's memory format (no silent NCHW copies)."""
+    model = TinyNet(n_ids=5, width=8, seed=1).eval()
+    layouts: list[bool] = []
+    model.conv1.register_forward_pre_hook(
+        lambda m, i: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    x = grid_images(4, size=16, seed=2).contiguous(memory_format=torch.channels_last)
+    goal = Dodging(_own_labels(model, x))
+    layouts.clear()
+    budget = Budget.from_8bit(norm, 3 if norm == "linf" else 100)  # type: ignore[arg-type]
+    res = PGD(budget, steps=4).run(model, x, goal, seed=0)
+    assert layouts and all(layouts)
+    assert res.adv.is_contiguous(memory_format=torch.channels_last)
