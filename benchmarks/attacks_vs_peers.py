@@ -25,6 +25,9 @@ final judgement reuses decisions already taken on exactly the returned images) a
 (zero start + one random restart, per-image early stopping: what experiments use). advface
 ascends the score margin; torchattacks and ART ascend cross-entropy on the scores. Every
 library's output is rounded to 8 bits before it is judged, as advface judges its own.
+"torchattacks+judge" times the peer together with that rounding and the one forward pass that
+gives its decisions, i.e. up to the result advface returns (adversarials and success flags);
+plain "torchattacks" stops at the unjudged last iterate.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from _models import (
 )
 from torch import Tensor, nn
 
-LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "art")
+LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "torchattacks+judge", "art")
 
 
 def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool | str = False
@@ -75,11 +78,22 @@ def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool | s
             attack = PGD(budget, steps=args.steps, step_size=alpha, amp=amp)
         goal = Dodging(y)
         return lambda: attack.run(model, x, goal, seed=0).adv
-    if lib == "torchattacks":
+    if lib in ("torchattacks", "torchattacks+judge"):
         import torchattacks
 
         ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=True)
-        return lambda: ta(x, y)
+        if lib == "torchattacks":
+            return lambda: ta(x, y)
+
+        def attack_and_judge() -> Tensor:
+            # What an evaluation does with the peer's output before it has advface's result:
+            # round to 8 bits (what would be saved) and take the model's decisions on it.
+            adv = (ta(x, y) * 255).round().clamp(0, 255) / 255
+            with torch.no_grad():
+                model(adv).argmax(1)
+            return adv
+
+        return attack_and_judge
     if lib == "art":
         import numpy as np
         from art.attacks.evasion import ProjectedGradientDescent
@@ -204,7 +218,9 @@ def markdown(args: argparse.Namespace, rows: list[dict[str, Any]], host: str,
         "",
         f"- Attack: untargeted (dodging) PGD L-inf eps={args.eps255:g}/255, {args.steps} steps, "
         "step eps/4, one random start for the peers and advface-same-work; advface-default: "
-        "zero start + 1 random restart, per-image early stopping",
+        "zero start + 1 random restart, per-image early stopping; torchattacks+judge: the "
+        "peer plus rounding its output to 8 bits and one forward for its decisions (what "
+        "advface returns)",
         f"- Model and inputs: {bench_desc}; clean error on the largest batch "
         f"{100 * clean_err:.0f}% (counted as fooled)",
         f"- Machine: {host}",
