@@ -100,7 +100,7 @@ def model_argv(args: argparse.Namespace) -> list[str]:
         out += ["--data", str(args.data)]
     if args.cache is not None:
         out += ["--cache", str(args.cache)]
-    if getattr(args, "pack", None) is not None:
+    if args.pack is not None:
         out += ["--pack", str(args.pack)]
     return out
 
@@ -171,7 +171,7 @@ def build_bench(args: argparse.Namespace, batch: int) -> Bench:
         return Bench(model, x, y, f"tiny random CNN, 10 classes, random {args.size}x{args.size} "
                      "images labelled by its own predictions")
 
-    if getattr(args, "pack", None) is not None:
+    if args.pack is not None:
         from gpu_pack import load_bench
 
         return load_bench(args.pack, args.model, batch)

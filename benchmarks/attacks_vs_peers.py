@@ -55,6 +55,8 @@ from _models import (
 )
 from torch import Tensor, nn
 
+from advface.attacks.base import to_grid
+
 LIBRARIES = ("advface-same-work", "advface-default", "torchattacks", "torchattacks+judge", "art")
 
 
@@ -88,7 +90,7 @@ def attack_fn(lib: str, bench: Bench, args: argparse.Namespace, *, amp: bool | s
         def attack_and_judge() -> Tensor:
             # What an evaluation does with the peer's output before it has advface's result:
             # round to 8 bits (what would be saved) and take the model's decisions on it.
-            adv = (ta(x, y) * 255).round().clamp(0, 255) / 255
+            adv = to_grid(ta(x, y))
             with torch.no_grad():
                 model(adv).argmax(1)
             return adv
@@ -123,7 +125,7 @@ def worker(lib: str, batch: int, args: argparse.Namespace) -> dict[str, float]:
             start = time.perf_counter()
             adv = run()
             times.append(time.perf_counter() - start)
-    adv = (adv.detach().float() * 255).round().clamp(0, 255) / 255  # what would be saved
+    adv = to_grid(adv.detach().float())  # what would be saved
     with torch.no_grad():
         fooled = float((bench.model(adv).argmax(1) != bench.y).float().mean())
     return {

@@ -62,6 +62,8 @@ from _models import (
 )
 from torch import Tensor, nn
 
+from advface.attacks.base import to_grid
+
 METHODS = ("per-eps", "sweep", "minimal-eps", "per-eps-no-es", "torchattacks-per-eps")
 BASELINE = "per-eps"
 PEER = "torchattacks-per-eps"
@@ -136,7 +138,7 @@ def judge(model: nn.Module, bench: Bench, advs: dict[float, Tensor]) -> dict[flo
         raise AssertionError("judging a model in train mode (batch norm, dropout)")
     out = {}
     for eps, adv in advs.items():
-        q = (adv.detach().float() * 255).round().clamp(0, 255) / 255
+        q = to_grid(adv.detach().float())
         levels = float(((q - bench.x).abs().amax() * 255).round()) if q.numel() else 0.0
         if levels > math.floor(eps * 255 + 1e-6):
             raise AssertionError(f"adversarial {levels:g}/255 from clean at eps "

@@ -25,26 +25,19 @@ and check that the pack gives the same scores as the data-built models::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from _models import DEFAULT_CHECKPOINT, SPLIT, Bench, add_model_args
+from _models import SPLIT, Bench, add_model_args
 from torch import nn
+
+from advface.data.download import sha256_file
 
 MANIFEST = "pack.json"
 FORMAT = "advface-gpu-pack/1"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_pack(out: Path, data: Path | None, cache: Path | None, checkpoint: Path) -> Path:
@@ -81,7 +74,7 @@ def write_pack(out: Path, data: Path | None, cache: Path | None, checkpoint: Pat
         "split_hash": split.hash,
         "n_gallery": len(split.gallery),
         "adhoc_checkpoint": ckpt.name,
-        "sha256": {f: _sha256(out / f) for f in files},
+        "sha256": {f: sha256_file(out / f) for f in files},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     total = sum((out / f).stat().st_size for f in files) / 2**20
@@ -99,7 +92,7 @@ def read_manifest(pack: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise SystemExit(f"error: {path} is not a {FORMAT} manifest\n  fix: rewrite the pack")
     for name, want in manifest["sha256"].items():
-        if not (pack / name).is_file() or _sha256(pack / name) != want:
+        if not (pack / name).is_file() or sha256_file(pack / name) != want:
             raise SystemExit(f"error: {pack / name} is missing or does not match its checksum "
                              f"in {MANIFEST}\n  fix: rewrite the pack")
     return manifest
@@ -150,7 +143,7 @@ def main() -> None:
                     help="compare the pack's models with the data-built ones (needs the data)")
     args = ap.parse_args()
     if not args.check:
-        write_pack(args.out, args.data, args.cache, Path(args.checkpoint or DEFAULT_CHECKPOINT))
+        write_pack(args.out, args.data, args.cache, Path(args.checkpoint))
         return
     from _models import build_bench
 

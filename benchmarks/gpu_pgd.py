@@ -45,6 +45,8 @@ from _models import RESULTS, Bench, add_model_args, build_bench, machine, write_
 from attacks_vs_peers import attack_fn
 from torch import Tensor, nn
 
+from advface.attacks.base import to_grid
+
 #: Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 non-tensor) from the vendors' data sheets.
 PEAKS = {"H100 80GB HBM3": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (756.0, 51.0),
          "H200": (989.0, 67.0), "A100": (312.0, 19.5)}
@@ -143,7 +145,7 @@ def main() -> None:
         for name, amp in variants:
             run = attack_fn(name, Bench(scored, x, y, desc), args, amp=amp)
             seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
-            q = (adv.detach().float() * 255).round().clamp(0, 255) / 255
+            q = to_grid(adv.detach().float())
             with torch.no_grad():
                 fooled = float((model(q).argmax(1) != y).float().mean())
             # Gradient passes: steps per image for same-work/torchattacks; the default's early

@@ -161,13 +161,19 @@ def test_validate_images_rejects_off_grid() -> None:
     spread=st.floats(0.0, 0.3),
 )
 def test_linf_box_image_equals_safe_quantiser(seed: int, eps255: float, spread: float) -> None:
-    """PGD's grey-level iterate: projecting then rounding gives quantize_within's image."""
+    """PGD's grey-level iterate: projecting then rounding gives the safe quantiser's image,
+    i.e. round to whole grey levels first, then clamp to floor(eps*255) levels and the box."""
     budget = Budget.from_8bit("linf", eps255)
     clean, adv = _clean_and_adv(seed, 3, 6, spread)
     box = LinfBox(clean, budget)
     x255 = box.levels(adv)
     assert torch.equal(box.levels(x255 / 255), x255)  # projecting twice changes nothing
     img = box.image(x255)
+    c255 = (clean * 255).round()
+    e = math.floor(budget.eps * 255 + 1e-6) if math.isfinite(eps255) else 255
+    rounded = (project(clean, adv, budget) * 255).clamp(0, 255).round()
+    reference = torch.minimum(torch.maximum(rounded, c255 - e), c255 + e) / 255
+    assert torch.equal(img, reference)
     assert torch.equal(img, quantize_within(clean, project(clean, adv, budget), budget))
     assert torch.equal(quantize_within(clean, img, budget), img)
     assert bool((linf_norm(img - clean) <= budget.effective_eps + 1e-6).all())

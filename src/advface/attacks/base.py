@@ -328,13 +328,11 @@ def quantize_within(clean: Tensor, adv: Tensor, budget: Budget) -> Tensor:
     dtype = adv.dtype
     if budget.norm == "linf":
         # Whole grey levels in [0, 255] are exact in float32: no need for float64 here.
+        # Rounding commutes with clamping to whole-level bounds, so this is "round, then clamp
+        # to the budget and the box" done the way PGD's iterate does it (:class:`LinfBox`).
         work = torch.promote_types(dtype, torch.float32)
-        a255 = (adv.detach().to(work) * 255.0).nan_to_num(0.0).clamp(0.0, 255.0).round()
-        c255 = (clean.to(work) * 255.0).round()
-        if math.isfinite(budget.eps):
-            e = math.floor(budget.eps * 255.0 + _GRID_TOL)
-            a255 = torch.minimum(torch.maximum(a255, c255 - e), c255 + e)
-        return (a255 / 255.0).to(dtype)
+        box = LinfBox(clean.to(work), budget)
+        return box.image(box.levels(adv.to(work))).to(dtype)
     c255 = (clean.double() * 255.0).round()
     d = (project(clean, adv, budget).double() * 255.0) - c255
     d = torch.minimum(torch.maximum(d, -c255), 255.0 - c255)
