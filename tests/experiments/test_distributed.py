@@ -30,12 +30,15 @@ ATTACKS = """
      models: [soft]}
   - {name: pgd-gallery, attack: pgd, params: {steps: 2}, eps_8bit: [4], surfaces: [gallery],
      goals: [dodging], models: [near], n_probes: 2}
+  - {name: pgd-swept, attack: pgd, params: {steps: 2}, eps_8bit: [1, 2, 4], goals: [dodging],
+     models: [soft], sweep: true}
 """
 # Cells x probes: fgsm 2 models x 2 eps x 2 goals x 4; pgd 4 + pgd-mineps 4; gallery 2;
-# transfer soft -> near 4 x 4.
-N_ROWS = 2 * 2 * 2 * 4 + 4 + 4 + 2 + 4 * 4
-# Runner chunks (batch_size 2) of the attack cells: fgsm 8 cells x 2, pgd 2, mineps 2, gallery 1.
-N_CHUNKS = 8 * 2 + 2 + 2 + 1
+# swept pgd 3 eps x 4; transfer soft -> near 4 x 4.
+N_ROWS = 2 * 2 * 2 * 4 + 4 + 4 + 2 + 3 * 4 + 4 * 4
+# Runner chunks (batch_size 2) of the attack cells: fgsm 8 cells x 2, pgd 2, mineps 2, gallery 1,
+# swept pgd 3 cells x 2 (run in 3 waves: each eps starts from the previous eps's images).
+N_CHUNKS = 8 * 2 + 2 + 2 + 1 + 3 * 2
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -146,7 +147,8 @@ def test_transfer_source_must_use_its_whole_budget(tmp_path: Path, tiny: dict[st
 
 SLOW_ATTACKS = """
   - {name: fgsm, eps_8bit: [1, 2, 4, 8], goals: [dodging, impersonation]}
-  - {name: pgd, params: {steps: 5}, eps_8bit: [2, 8], goals: [dodging, impersonation]}
+  - {name: pgd, params: {steps: 5}, eps_8bit: [2, 8], goals: [dodging, impersonation],
+     sweep: true}
 """
 
 
@@ -206,3 +208,109 @@ def test_attacks_with_equal_n_probes_share_probes(tmp_path: Path, tiny: dict[str
             keys.setdefault(names[r["cell_id"]], set()).add(r["item_key"])
     assert len(keys["fgsm"]) == 2 and keys["fgsm"] == keys["fgsm-b"]
     assert len(keys["fgsm-c"]) == 3
+
+
+SWEPT = """
+  - {name: pgd-swept, attack: pgd, params: {steps: 2}, eps_8bit: [1, 2, 4, 8],
+     goals: [dodging], models: [adhoc], sweep: true}
+  - {name: pgd, params: {steps: 2, random_restarts: 0}, eps_8bit: [1], goals: [dodging],
+     models: [adhoc]}
+  - {name: fgsm, eps_8bit: [2], models: [adhoc]}
+  - {name: pgd-l2, attack: pgd, norm: l2, params: {steps: 2}, eps_8bit: [16, 64, 256],
+     goals: [dodging], models: [adhoc], sweep: true}
+"""
+
+
+def _swept_rows(run_dir: Path, swept: bool = True) -> dict[float, dict[str, dict]]:
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        cells = {c["cell_id"]: c for c in store.cells() if c["attack"] == "pgd-swept"
+                 and json.loads(c["params_json"]).get("sweep", False) == swept}
+        out: dict[float, dict[str, dict]] = {}
+        for r in store.rows():
+            if r["cell_id"] in cells:
+                out.setdefault(round(cells[r["cell_id"]]["eps"] * 255), {})[r["item_key"]] = r
+        return out
+
+
+def test_swept_attack_carries_fooled_probes_up_the_grid(tmp_path: Path,
+                                                        tiny: dict[str, Path]) -> None:
+    from advface.data.images import load_png
+
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks=SWEPT))
+    cfg = cfg.model_copy(update={"transfer": []})
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    by_eps = _swept_rows(run_dir)
+    grid = sorted(by_eps)
+    assert grid == [1, 2, 4, 8] and all(len(v) == 4 for v in by_eps.values())
+    carried = attacked_again = 0
+    for small, large in itertools.pairwise(grid):
+        for key, row in by_eps[large].items():
+            before = by_eps[small][key]
+            assert row["linf"] <= large + 1e-3
+            assert row["success"] >= before["success"]  # monotone in eps by construction
+            if before["success"]:
+                carried += 1  # the same saved image, no new work
+                assert row["iterations"] == 0
+                assert torch.equal(load_png(run_dir / row["adv_path"]),
+                                   load_png(run_dir / before["adv_path"]))
+            else:
+                attacked_again += 1
+                assert row["iterations"] > 0
+    assert carried and attacked_again, "the grid exercised only one path"
+    with ResultsStore(run_dir / "results.sqlite") as store:  # L2: the same, in its own norm
+        l2 = {c["cell_id"]: round(c["eps"] * 255) for c in store.cells() if c["attack"] == "pgd-l2"}
+        l2_rows: dict[str, dict[int, dict]] = {}
+        for r in store.rows():
+            if r["cell_id"] in l2:
+                l2_rows.setdefault(r["item_key"], {})[l2[r["cell_id"]]] = r
+    for per_eps in l2_rows.values():
+        assert sorted(per_eps) == [16, 64, 256]
+        for small, large in itertools.pairwise(sorted(per_eps)):
+            assert per_eps[large]["l2"] <= large + 1e-3
+            assert per_eps[large]["success"] >= per_eps[small]["success"]
+    with ResultsStore(run_dir / "results.sqlite") as store:  # a swept cell is its own cell
+        ids = {c["attack"]: c["cell_id"] for c in store.cells() if c["eps"] * 255 < 1.5}
+        params = {c["attack"]: json.loads(c["params_json"]) for c in store.cells()}
+    assert ids["pgd-swept"] != ids["pgd"] and params["pgd-swept"]["sweep"] is True
+    assert "sweep" not in params["pgd"]
+    # The sweep's smallest eps is the plain attack (same seeds): equal rows, equal images.
+    plain = cfg.model_copy(update={"attacks": [
+        a.model_copy(update={"sweep": False, "eps_8bit": [1]}) if a.name == "pgd-swept" else a
+        for a in cfg.attacks]})
+    plain_dir = run_experiment(plain, tmp_path / "plain", progress=False, log=lambda m: None)
+    for key, row in _swept_rows(plain_dir, swept=False)[1].items():
+        mine = by_eps[1][key]
+        assert {k: v for k, v in row.items() if k not in ("cell_id", "adv_path")} == \
+            {k: v for k, v in mine.items() if k not in ("cell_id", "adv_path")}
+        assert (plain_dir / row["adv_path"]).read_bytes() == \
+            (run_dir / mine["adv_path"]).read_bytes()
+    # The report says which attack was swept, in words.
+    from advface.report import stats
+    from advface.report.load import load_run
+    from advface.report.text import section_adversary
+
+    run = load_run(run_dir)
+    said = section_adversary(run, stats.summaries(run)).paragraphs()
+    swept = [line for line in said if "swept upwards over ε" in line]
+    assert sorted(line.split(" ")[0].lower() for line in swept) == ["pgd-l2", "pgd-swept"]
+    assert not any("sweep =" in line for line in said)
+
+    # The previous eps's images are this cell's input: a missing one is named, with the fix.
+    key = sorted(by_eps[2])[0]
+    Path(run_dir / by_eps[1][key]["adv_path"]).unlink()
+    with sqlite3.connect(run_dir / "results.sqlite") as conn:
+        cid = conn.execute("SELECT cell_id FROM rows WHERE adv_path = ?",
+                           (by_eps[2][key]["adv_path"],)).fetchone()[0]
+        conn.execute("DELETE FROM rows WHERE cell_id = ?", (cid,))
+        conn.execute("UPDATE cells SET status = 'pending' WHERE cell_id = ?", (cid,))
+    with pytest.raises(AdvfaceError, match="missing") as err:
+        run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    assert by_eps[1][key]["adv_path"] in str(err.value)
+
+
+@pytest.mark.parametrize(("eps", "match"), [("[]", "needs eps_8bit"), ("[4, 2]", "increasing")])
+def test_sweep_config_errors(tmp_path: Path, tiny: dict[str, Path], eps: str, match: str) -> None:
+    bad = write_config(tmp_path / "bad.yaml", tiny,
+                       attacks=f"  - {{name: pgd, eps_8bit: {eps}, sweep: true}}")
+    with pytest.raises(ConfigError, match=match):
+        load_experiment(bad)

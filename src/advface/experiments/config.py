@@ -5,6 +5,7 @@ Strict (unknown keys are errors with a suggestion), so a typo never silently dro
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,10 +61,35 @@ class AttackSpec(StrictModel):
     n_probes: int | None = Field(None, ge=1, description="fewer probes for costly attacks")
     minimal_eps: bool = Field(False, description="also search each probe's minimal fooling eps "
                               "over eps_8bit")
+    sweep: bool = Field(
+        False, description="probe cells walk eps_8bit upwards as one sweep: a probe fooled at "
+        "the previous eps keeps that adversarial (it lies inside the larger ball), the others "
+        "are attacked again warm-started from it; success is then monotone in eps and the "
+        "curve costs about half (see advface.attacks.sweep). Gallery cells are not affected")
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> AttackSpec:
+        if self.sweep:
+            eps = self.eps_8bit or []
+            if not eps:
+                raise ValueError(f"attack {self.name!r}: 'sweep: true' needs eps_8bit "
+                                 "(a minimum-norm attack has no eps grid to sweep)")
+            if any(b <= a for a, b in itertools.pairwise(eps)):
+                raise ValueError(f"attack {self.name!r}: 'sweep: true' needs eps_8bit strictly "
+                                 f"increasing, got {eps}; sort it")
+        return self
 
     @property
     def registry_name(self) -> str:
         return self.attack or self.name
+
+    def cell_params(self, surface: str) -> dict[str, Any]:
+        """What identifies this attack's cells on ``surface`` in the store: a swept probe cell
+        is another cell than an unswept one (gallery cells are never swept)."""
+        params: dict[str, Any] = {"attack": self.registry_name, **self.params}
+        if self.sweep and surface == "probe":
+            params["sweep"] = True
+        return params
 
 
 class TransferSpec(StrictModel):

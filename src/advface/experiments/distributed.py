@@ -61,6 +61,9 @@ class CellPlan:
     eps255: float | None
     goal: str
     surface: str
+    #: Position in a swept attack's eps chain (``sweep: true``): a cell of rank r starts from
+    #: the saved adversarials of rank r - 1, so ranks run one after another; 0 otherwise.
+    rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,10 +207,10 @@ def plan_cells(runner: Runner) -> list[CellPlan]:
 
     for spec, model, eps255, goal, surface in runner._cells():
         eps = None if eps255 is None else eps255 / 255.0
-        cid = store.add_cell(model, spec.name, {"attack": spec.registry_name, **spec.params},
+        cid = store.add_cell(model, spec.name, spec.cell_params(surface),
                              eps, spec.norm, goal, surface)
         add(CellPlan("probe" if surface == "probe" else "gallery", cid, spec.name, model,
-                     eps255, goal, surface))
+                     eps255, goal, surface, _sweep_rank(spec, eps255, surface)))
         if spec.minimal_eps and surface == "probe" and eps255 == max(spec.eps_8bit or [0]):
             grid = sorted(spec.eps_8bit or [])
             mcid = store.add_cell(model, f"{spec.name}-mineps",
@@ -222,10 +225,17 @@ def plan_cells(runner: Runner) -> list[CellPlan]:
             for eps255 in epss:
                 eps = None if eps255 is None else eps255 / 255.0
                 cid = store.add_cell(t.surrogate, spec.name,
-                                     {"attack": spec.registry_name, **spec.params}, eps,
+                                     spec.cell_params("probe"), eps,
                                      spec.norm, goal, "probe")
-                add(CellPlan("probe", cid, spec.name, t.surrogate, eps255, goal, "probe"))
+                add(CellPlan("probe", cid, spec.name, t.surrogate, eps255, goal, "probe",
+                             _sweep_rank(spec, eps255, "probe")))
     return plans
+
+
+def _sweep_rank(spec: AttackSpec, eps255: float | None, surface: str) -> int:
+    if not spec.sweep or eps255 is None or surface != "probe":
+        return 0
+    return sorted(spec.eps_8bit or []).index(eps255)
 
 
 def plan_tasks(runner: Runner, cells: list[CellPlan], chunks_per_task: int = 1
@@ -329,8 +339,13 @@ def run_distributed(
             remote = ray.remote(_run_task).options(
                 num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries,
                 retry_exceptions=False)
-            _drive(remote, state_box, tasks, per_cell, chunk_fn, limit, runner, progress,
-                   max_retries)
+            # Swept attacks' cells start from the previous eps's saved images: one wave per
+            # rank (everything else is rank 0), each wave's tasks in parallel.
+            for rank in sorted({t.cell.rank for t in tasks}):
+                wave = [t for t in tasks if t.cell.rank == rank]
+                cids = {t.cell.cid for t in wave}
+                _drive(remote, state_box, wave, {c: n for c, n in per_cell.items() if c in cids},
+                       chunk_fn, limit, runner, progress, max_retries)
         runner._run_json(executor={"kind": "ray", "ray_address": ray_address or "local",
                                    "workers": num_workers, "chunks_per_task": chunks_per_task,
                                    "tasks": len(tasks)})

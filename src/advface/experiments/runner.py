@@ -36,7 +36,7 @@ from advface.data.splits import ClosedSetSplit, make_closed_set_split
 from advface.errors import AdvfaceError, DataError
 from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
 from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
-from advface.experiments.store import ResultsStore
+from advface.experiments.store import ResultsStore, cell_id
 from advface.metrics.identification import identification_metrics, random_baseline_for
 from advface.metrics.perturbation import perturbation_metrics
 
@@ -117,6 +117,11 @@ class Runner:
         self.log = log or (lambda msg: print(msg, flush=True))
         self.train_fn = train_fn
         self.state: RunState | None = None
+        # Decisions already taken in this process, keyed by ([cell,] model, chunk keys): the
+        # same model on the same batch gives the same answer, so every cell after the first
+        # skips the clean forward pass, and a swept cell the one on the previous eps's images.
+        self._clean_preds: dict[tuple[str, tuple[str, ...]], Tensor] = {}
+        self._adv_success: dict[tuple[str, str, tuple[str, ...]], Tensor] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -340,10 +345,12 @@ class Runner:
             reread.append(load_png(self.run_dir / rel))
             rel_paths.append(str(rel))
         x_adv = torch.stack(reread).to(clean.device)
+        memo = (lm.spec.name, tuple(keys))
         with torch.no_grad():
-            s_clean = lm.scorer(clean).float()
+            if memo not in self._clean_preds:
+                self._clean_preds[memo] = lm.scorer(clean).float().argmax(1).cpu()
             s_adv = lm.scorer(x_adv).float()
-        clean_pred = s_clean.argmax(1).cpu()
+        clean_pred = self._clean_preds[memo]
         adv_pred = s_adv.argmax(1).cpu()
         true = torch.tensor([st.label(k) for k in keys])
         if goal_name == "impersonation":
@@ -351,6 +358,8 @@ class Runner:
             success = adv_pred == torch.tensor(targets)
         else:
             success = adv_pred != true
+        # Keyed by model too: transfer evaluates a source cell's images on the target model.
+        self._adv_success[(cid, lm.spec.name, tuple(keys))] = success
         pm = perturbation_metrics(clean.cpu(), x_adv.cpu())
         rows = []
         for i, k in enumerate(keys):
@@ -418,7 +427,7 @@ class Runner:
             lm = st.models[model_name]
             eps = None if eps255 is None else eps255 / 255.0
             cid = st.store.add_cell(model_name, spec.name,
-                                    {"attack": spec.registry_name, **spec.params}, eps,
+                                    spec.cell_params(surface), eps,
                                     spec.norm, goal, surface)
             if st.store.is_done(cid):
                 continue
@@ -438,6 +447,14 @@ class Runner:
         keys = self._probe_keys_for(spec)
         done = st.store.done_items(cid)
         attack = self._attack_obj(spec, eps255)
+        previous = self._swept_from(spec, lm.spec.name, eps255, goal)
+        seed_cell = cid
+        if spec.sweep and eps255 is not None:
+            # A swept cell draws the seeds of the same attack unswept, so the sweep's smallest
+            # eps gives exactly the plain attack's rows.
+            seed_cell = cell_id(lm.spec.name, spec.name,
+                                {"attack": spec.registry_name, **spec.params}, eps255 / 255.0,
+                                spec.norm, goal, "probe")
         chunks = list(_chunks(keys, self.cfg.batch_size))
         todo = [(i, c) for i, c in chunks if not set(c) <= done]
         bar = tqdm(todo, desc=label, disable=not self.progress, unit="batch")
@@ -445,14 +462,83 @@ class Runner:
             clean = self._images(chunk)
             self._save_clean(chunk, clean)
             goal_obj, targets = self._goal_obj(goal, chunk)
-            res = attack.run(lm.scorer, clean, goal_obj, seed=_seed_for(cid, i))
+            seed = _seed_for(seed_cell, i)
             extra: dict[str, Sequence[Any]] = {}
-            if res.iterations is not None:
-                extra["iterations"] = res.iterations.tolist()
-            if res.queries is not None:
-                extra["queries"] = res.queries.tolist()
-            rows = self._evaluate_adv(cid, lm, chunk, clean, res.adv, goal, targets, extra)
+            if previous is None:
+                res = attack.run(lm.scorer, clean, goal_obj, seed=seed)
+                adv = res.adv
+                if res.iterations is not None:
+                    extra["iterations"] = res.iterations.tolist()
+                if res.queries is not None:
+                    extra["queries"] = res.queries.tolist()
+            else:
+                adv, extra["iterations"], extra["queries"] = self._sweep_chunk(
+                    attack, lm, previous, chunk, clean, goal_obj, seed)
+            rows = self._evaluate_adv(cid, lm, chunk, clean, adv, goal, targets, extra)
             st.store.put_rows(cid, rows)
+
+    def _swept_from(self, spec: AttackSpec, model: str, eps255: float | None,
+                    goal: str) -> tuple[str, float] | None:
+        """For a swept attack (``sweep: true``): the cell id and eps of the probe cell one step
+        down the grid, whose saved adversarials this cell starts from; None for the smallest
+        eps and for attacks that are not swept."""
+        if not spec.sweep or eps255 is None:
+            return None
+        smaller = [e for e in spec.eps_8bit or [] if e < eps255]
+        if not smaller:
+            return None
+        prev = max(smaller)
+        return cell_id(model, spec.name, spec.cell_params("probe"), prev / 255.0, spec.norm, goal,
+                       "probe"), prev
+
+    def _sweep_chunk(self, attack: Any, lm: LoadedModel, previous: tuple[str, float],
+                     keys: list[str], clean: Tensor, goal: Any, seed: int
+                     ) -> tuple[Tensor, list[int | None], list[int | None]]:
+        """One chunk of a swept cell: probes the previous eps's saved adversarial already
+        fools keep it (it lies inside this larger ball); the others are attacked again,
+        warm-started from it when the attack supports ``init``. Counters (iterations, queries)
+        are this cell's work only: 0 for a carried probe, None where the attack counts none."""
+        prev_cid, prev_eps = previous
+        prev = []
+        for k in keys:
+            path = self.run_dir / "images" / "adv" / prev_cid / key_png(k)
+            if not path.is_file():
+                raise AdvfaceError(
+                    f"swept cell needs the adversarial of {k} at eps {prev_eps:g}/255, but "
+                    f"{path} is missing",
+                    fix="the smaller-eps cell must be computed first: rerun the same command "
+                    "(it resumes in order), or delete the run directory to start over")
+            prev.append(load_png(path))
+        start = torch.stack(prev).to(clean.device)
+        delta = (start - clean).flatten(1) * 255.0
+        if attack.budget.norm == "linf":
+            size, allowed = float(delta.abs().amax().round()), math.floor(prev_eps + 1e-6)
+        else:
+            size, allowed = float(delta.norm(dim=1).amax()), prev_eps * (1 + 1e-5)
+        if size > allowed:
+            raise AdvfaceError(
+                f"the saved adversarials in {self.run_dir / 'images' / 'adv' / prev_cid} differ "
+                f"from their clean probes by {size:g}/255 ({attack.budget.norm}), more than that "
+                f"cell's eps {prev_eps:g}/255: they are not this run's images",
+                fix="delete that folder and its cell (or the run directory) and rerun")
+        carried = self._adv_success.get((prev_cid, lm.spec.name, tuple(keys)))
+        if carried is None:  # computed by another process (Ray) or before a resume
+            with torch.no_grad():
+                carried = goal.success(lm.scorer(start).float()).cpu()
+        adv = start.clone()
+        # A carried probe cost nothing here: 0, whatever the attack counts.
+        iterations: list[int | None] = [0] * len(keys)
+        queries: list[int | None] = [0] * len(keys)
+        todo = (~carried).nonzero()[:, 0]
+        if todo.numel():
+            init = start[todo] if attack.supports_init else None
+            res = attack.run(lm.scorer, clean[todo], goal[todo.to(clean.device)], seed=seed,
+                             init=init)
+            adv[todo] = res.adv
+            for counts, got in ((iterations, res.iterations), (queries, res.queries)):
+                for j, i in enumerate(todo.tolist()):
+                    counts[i] = None if got is None else int(got[j])
+        return adv, iterations, queries
 
     def _run_mineps_cell(self, spec: AttackSpec, lm: LoadedModel, goal: str) -> None:
         from advface.attacks.sweep import minimal_eps
@@ -502,7 +588,7 @@ class Runner:
                 for eps255 in epss:
                     eps = None if eps255 is None else eps255 / 255.0
                     src_cid = st.store.add_cell(t.surrogate, spec.name,
-                                                {"attack": spec.registry_name, **spec.params},
+                                                spec.cell_params("probe"),
                                                 eps, spec.norm, goal, "probe")
                     if not st.store.is_done(src_cid):
                         self._run_probe_cell(src_cid, spec, src, eps255, goal,

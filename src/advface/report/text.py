@@ -433,7 +433,8 @@ def section_adversary(run: RunData, sums: list[CellSummary]) -> Section:
         params: dict[str, set[str]] = {}
         for s in group:
             for k, v in s.cell.params.items():
-                if k not in {"surrogate", "base_attack", "source_cell", "attack", "grid_8bit"}:
+                if k not in {"surrogate", "base_attack", "source_cell", "attack", "grid_8bit",
+                             "sweep"}:
                     params.setdefault(k, set()).add(_param_text(k, v))
         text = f"{attack_name(attack)}"
         if group[0].cell.is_transfer:
@@ -445,6 +446,9 @@ def section_adversary(run: RunData, sums: list[CellSummary]) -> Section:
             text += f"; ε ∈ {{{', '.join(f'{e:g}' for e in eps)}}}/255"
         elif isinstance(grid, list) and grid:
             text += f"; ε searched over {{{', '.join(f'{g:g}' for g in grid)}}}/255"
+        if any(s.cell.params.get("sweep") for s in group):
+            text += ("; swept upwards over ε (a probe fooled at a smaller ε keeps that image, "
+                     "the others are attacked again starting from it)")
         if params:
             text += "; " + ", ".join(
                 f"{k} = {next(iter(v))}" if len(v) == 1 else
