@@ -149,7 +149,8 @@ def save_png(path: str | Path, img: torch.Tensor | np.ndarray) -> Path:
     """Write a ``(3, H, W)`` float tensor or ``(H, W, 3)`` uint8 array as lossless 8-bit PNG.
 
     Written to a temporary file then renamed, so an interrupted run never leaves a half PNG that
-    a resumed run would trust.
+    a resumed run would trust. zlib level 1: a run writes one PNG per probe and cell, and level
+    1 encodes a 150x150 chip ~4x faster than PIL's default 6 for ~12% more bytes (same pixels).
     """
     path = Path(path)
     if isinstance(img, torch.Tensor):
@@ -160,7 +161,7 @@ def save_png(path: str | Path, img: torch.Tensor | np.ndarray) -> Path:
         arr = np.asarray(img)
         _check_uint8_hwc(arr)
     with atomic_open(path, "wb") as fh:
-        Image.fromarray(arr, mode="RGB").save(fh, format="PNG")
+        Image.fromarray(arr, mode="RGB").save(fh, format="PNG", compress_level=1)
     return path
 
 
