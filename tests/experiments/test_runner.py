@@ -143,6 +143,11 @@ def test_transfer_source_must_use_its_whole_budget(tmp_path: Path, tiny: dict[st
                                              "{name: pgd, eps_8bit: [4], "
                                              "params: {early_stop: false}}"))
     assert load_experiment(path).attacks[0].params == {"early_stop": False}
+    # nor a swept attack: it keeps images made for a smaller eps
+    path.write_text(path.read_text().replace("params: {early_stop: false}}",
+                                             "params: {early_stop: false}, sweep: true}"))
+    with pytest.raises(ConfigError, match="is swept"):
+        load_experiment(path)
 
 
 SLOW_ATTACKS = """

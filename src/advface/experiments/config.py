@@ -160,6 +160,10 @@ def _check_transfer_source(spec: AttackSpec) -> None:
     """
     from advface.attacks.registry import hyperparameters
 
+    if spec.sweep:
+        raise ValueError(f"transfer attack {spec.name!r} is swept: its cells keep images made "
+                         "for a smaller eps, which never used the whole budget; remove "
+                         "`sweep: true` from it (or transfer another attack)")
     if "early_stop" in hyperparameters(spec.registry_name) and spec.params.get(
             "early_stop", True):
         raise ValueError(f"transfer attack {spec.name!r} stops early at the surrogate's "
