@@ -300,6 +300,19 @@ def test_swept_attack_carries_fooled_probes_up_the_grid(tmp_path: Path,
     assert sorted(line.split(" ")[0].lower() for line in swept) == ["pgd-l2", "pgd-swept"]
     assert not any("sweep =" in line for line in said)
 
+    # Resume inside the chain (a new process: nothing memoised, the carried probes are judged
+    # again from the saved PNGs): the same rows.
+    before = table_rows(run_dir)
+    with sqlite3.connect(run_dir / "results.sqlite") as conn:
+        for eps, drop in ((4, sorted(by_eps[4])[:2]), (8, sorted(by_eps[8]))):
+            cid = conn.execute("SELECT cell_id FROM rows WHERE adv_path = ?",
+                               (by_eps[eps][drop[0]]["adv_path"],)).fetchone()[0]
+            conn.executemany("DELETE FROM rows WHERE cell_id = ? AND item_key = ?",
+                             [(cid, k) for k in drop])
+            conn.execute("UPDATE cells SET status = 'pending' WHERE cell_id = ?", (cid,))
+    run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    assert table_rows(run_dir) == before
+
     # The previous eps's images are this cell's input: a missing one is named, with the fix.
     key = sorted(by_eps[2])[0]
     Path(run_dir / by_eps[1][key]["adv_path"]).unlink()
