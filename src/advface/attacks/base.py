@@ -610,8 +610,8 @@ class Attack(ABC):
 
     # -- helpers for subclasses ---------------------------------------------------------------
 
-    def amp_active(self, x: Tensor) -> bool:
-        """Whether gradient passes on ``x`` run under autocast (only when asked for)."""
+    def amp_active(self) -> bool:
+        """Whether gradient passes run under autocast (only when asked for, on any device)."""
         return self.amp is not None
 
     @property
@@ -626,7 +626,7 @@ class Attack(ABC):
         units such as AMX). Decisions that feed the best-so-far bookkeeping are always taken in
         full precision (attacks re-evaluate when amp is on), so rounding cannot fake a success.
         """
-        if self.amp is not None:
+        if self.amp_active():
             with torch.autocast(x.device.type, dtype=_AMP_DTYPES[self.amp]):
                 return model(x).float()
         return model(x)

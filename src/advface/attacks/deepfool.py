@@ -77,7 +77,7 @@ class DeepFool(Attack):
                 scores = self.scores(model, q).float()
                 if t == 0:
                     goal.check(scores)
-                if self.amp_active(q):
+                if self.amp_active():
                     with torch.no_grad():
                         full = model(q.detach())
                 else:

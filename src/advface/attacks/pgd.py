@@ -302,7 +302,7 @@ class PGD(Attack):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Loss gradient at the quantised images, the scores *of those images* and, when the
         loss is the plain margin of those scores, that margin (the tracker reuses it)."""
-        amp = autocast and self.amp_active(q)
+        amp = autocast and self.amp_active()
         with torch.enable_grad():
             q = q.detach().requires_grad_(True)
             inp = self.diversity(q, gen) if self.diversity is not None else q
