@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -61,7 +62,7 @@ def run_once(variant: str, work: Path, args: argparse.Namespace) -> float:
     cfg = work / f"{variant}.yaml"
     cfg.write_text(config(variant, args))
     run_dir = work / f"run_{variant}"
-    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "advface.cli.main", "run", str(cfg), "--out", str(run_dir),
            "--no-report", "--no-progress"]
     start = time.perf_counter()

@@ -87,10 +87,15 @@ class AttackSpec(StrictModel):
     def cell_params(self, surface: str) -> dict[str, Any]:
         """What identifies this attack's cells on ``surface`` in the store: a swept probe cell
         is another cell than an unswept one (gallery cells are never swept)."""
-        params: dict[str, Any] = {"attack": self.registry_name, **self.params}
+        params = self.base_params
         if self.sweep and surface == "probe":
             params["sweep"] = True
         return params
+
+    @property
+    def base_params(self) -> dict[str, Any]:
+        """The attack and its hyper-parameters: the cell params of the unswept attack."""
+        return {"attack": self.registry_name, **self.params}
 
 
 class TransferSpec(StrictModel):

@@ -452,8 +452,7 @@ class Runner:
         if spec.sweep and eps255 is not None:
             # A swept cell draws the seeds of the same attack unswept, so the sweep's smallest
             # eps gives exactly the plain attack's rows.
-            seed_cell = cell_id(lm.spec.name, spec.name,
-                                {"attack": spec.registry_name, **spec.params}, eps255 / 255.0,
+            seed_cell = cell_id(lm.spec.name, spec.name, spec.base_params, eps255 / 255.0,
                                 spec.norm, goal, "probe")
         chunks = list(_chunks(keys, self.cfg.batch_size))
         todo = [(i, c) for i, c in chunks if not set(c) <= done]
