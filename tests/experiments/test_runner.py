@@ -324,6 +324,12 @@ def test_swept_attack_carries_fooled_probes_up_the_grid(tmp_path: Path,
     with pytest.raises(AdvfaceError, match="missing") as err:
         run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
     assert by_eps[1][key]["adv_path"] in str(err.value)
+    # ... and one that is not within that eps of its probe is not taken as a starting point.
+    from advface.data.images import save_png
+
+    save_png(run_dir / by_eps[1][key]["adv_path"], torch.zeros(3, 150, 150))
+    with pytest.raises(AdvfaceError, match="not this run's images"):
+        run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
 
 
 @pytest.mark.parametrize(("eps", "match"), [("[]", "needs eps_8bit"), ("[4, 2]", "increasing")])

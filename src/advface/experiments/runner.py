@@ -497,6 +497,8 @@ class Runner:
         fools keep it (it lies inside this larger ball); the others are attacked again,
         warm-started from it when the attack supports ``init``. Counters (iterations, queries)
         are this cell's work only: 0 for a carried probe, None where the attack counts none."""
+        from advface.attacks.base import norm_of
+
         prev_cid, prev_eps = previous
         prev = []
         for k in keys:
@@ -509,11 +511,11 @@ class Runner:
                     "(it resumes in order), or delete the run directory to start over")
             prev.append(load_png(path))
         start = torch.stack(prev).to(clean.device)
-        delta = (start - clean).flatten(1) * 255.0
+        size = float(norm_of(start - clean, attack.budget.norm).amax()) * 255.0
         if attack.budget.norm == "linf":
-            size, allowed = float(delta.abs().amax().round()), math.floor(prev_eps + 1e-6)
+            size, allowed = round(size), math.floor(prev_eps + 1e-6)
         else:
-            size, allowed = float(delta.norm(dim=1).amax()), prev_eps * (1 + 1e-5)
+            allowed = prev_eps * (1 + 1e-5)
         if size > allowed:
             raise AdvfaceError(
                 f"the saved adversarials in {self.run_dir / 'images' / 'adv' / prev_cid} differ "
