@@ -338,3 +338,18 @@ def test_sweep_config_errors(tmp_path: Path, tiny: dict[str, Path], eps: str, ma
                        attacks=f"  - {{name: pgd, eps_8bit: {eps}, sweep: true}}")
     with pytest.raises(ConfigError, match=match):
         load_experiment(bad)
+
+
+def test_cell_params_of_one_attack() -> None:
+    """The params that identify an attack's cells in the store (their hash is the cell id, so
+    a rename here would orphan every finished cell of an existing run)."""
+    from advface.experiments.config import AttackSpec
+
+    spec = AttackSpec(name="pgd-x", attack="pgd", params={"steps": 10}, eps_8bit=[8, 2, 4],
+                      minimal_eps=True)
+    assert spec.base_params == {"attack": "pgd", "steps": 10}
+    assert spec.cell_params("probe") == spec.base_params
+    assert spec.mineps_params == {"attack": "pgd", "steps": 10, "grid_8bit": [2, 4, 8]}
+    swept = AttackSpec(name="pgd", eps_8bit=[2, 4], sweep=True)
+    assert swept.cell_params("probe") == {"attack": "pgd", "sweep": True}
+    assert swept.cell_params("gallery") == {"attack": "pgd"}

@@ -97,6 +97,11 @@ class AttackSpec(StrictModel):
         """The attack and its hyper-parameters: the cell params of the unswept attack."""
         return {"attack": self.registry_name, **self.params}
 
+    @property
+    def mineps_params(self) -> dict[str, Any]:
+        """The cell params of this attack's minimal-eps search over its eps grid."""
+        return {**self.base_params, "grid_8bit": sorted(self.eps_8bit or [])}
+
 
 class TransferSpec(StrictModel):
     """Adversarial images crafted on a surrogate model, evaluated on a target model."""

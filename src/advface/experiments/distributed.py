@@ -212,10 +212,8 @@ def plan_cells(runner: Runner) -> list[CellPlan]:
         add(CellPlan("probe" if surface == "probe" else "gallery", cid, spec.name, model,
                      eps255, goal, surface, _sweep_rank(spec, eps255, surface)))
         if spec.minimal_eps and surface == "probe" and eps255 == max(spec.eps_8bit or [0]):
-            grid = sorted(spec.eps_8bit or [])
             mcid = store.add_cell(model, f"{spec.name}-mineps",
-                                  {"attack": spec.registry_name, "grid_8bit": grid,
-                                   **spec.params}, None, spec.norm, goal, "probe")
+                                  spec.mineps_params, None, spec.norm, goal, "probe")
             add(CellPlan("mineps", mcid, spec.name, model, None, goal, "probe"))
     specs = {a.name: a for a in runner.cfg.attacks}
     for t in runner.cfg.transfer:

@@ -547,8 +547,7 @@ class Runner:
         st = self._require_state()
         grid = sorted(spec.eps_8bit or [])
         cid = st.store.add_cell(lm.spec.name, f"{spec.name}-mineps",
-                                {"attack": spec.registry_name, "grid_8bit": grid,
-                                 **spec.params}, None, spec.norm, goal, "probe")
+                                spec.mineps_params, None, spec.norm, goal, "probe")
         if st.store.is_done(cid):
             return
         keys = self._probe_keys_for(spec)
