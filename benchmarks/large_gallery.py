@@ -86,7 +86,9 @@ def cached_dlib_embeddings(cache_dir: Path) -> tuple[dict[str, np.ndarray], str]
     with safe_open(str(best[1]), framework="np") as fh:
         keys = json.loads(fh.metadata()["keys"])
         matrix = fh.get_tensor("embeddings")
-    return {k: matrix[i].astype(np.float32) for i, k in enumerate(keys)}, str(best[1])
+    # Rows are keyed "key#<source hash>" (the hash keeps re-aligned images apart); keep the key.
+    return ({k.split("#", 1)[0]: matrix[i].astype(np.float32) for i, k in enumerate(keys)},
+            str(best[1]))
 
 
 def synthetic_lfw(names_file: Path | None, seed: int) -> dict[str, np.ndarray]:

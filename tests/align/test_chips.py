@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,72 @@ def test_cnn_chipset_copies_the_hog_chips_and_aligns_only_the_rest(real_records,
     for key in set(hog.keys) - usable:
         assert cnn.methods[key] in ("fallback", "dlib-cnn")
     assert json.loads((cnn.root / "params.json").read_text())["second_detector"] == "cnn"
+
+
+def _counting_align(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    original = chips_mod._align_one
+
+    def counting(job):
+        calls.append(job[0])
+        return original(job)
+
+    monkeypatch.setattr(chips_mod, "_align_one", counting)
+    return calls
+
+
+def test_same_key_from_another_image_is_realigned_not_served_stale(real_records, tmp_path,
+                                                                   monkeypatch):
+    """Two data sets sharing names (deep-funneled and original LFW, a user's folder reusing
+    LFW's names) share a chip cache: a key whose source is another image gets its own chip."""
+    recs = real_records[:2]
+    cache = tmp_path / "cache"
+    first = build_chips(recs, cache, workers=1, progress=False)
+    original = {k: first.path(k).read_bytes() for k in first.keys}
+    key = recs[0].key
+    other = tmp_path / "other" / key
+    other.parent.mkdir(parents=True)
+    other.write_bytes(real_records[2].path.read_bytes())  # same name, another person's photo
+    theirs = [ImageRecord(key, recs[0].identity, other), recs[1]]
+    calls = _counting_align(monkeypatch)
+    got = build_chips(theirs, cache, workers=1, progress=False)
+    assert calls == [key] and got.replaced == [key]
+    fresh = build_chips(theirs[:1], tmp_path / "fresh", workers=1, progress=False)
+    assert got.path(key).read_bytes() == fresh.path(key).read_bytes() != original[key]
+    assert got.content_id(key) != first.content_id(key)
+    assert got.path(recs[1].key).read_bytes() == original[recs[1].key]
+    # Back to the first data set: re-aligned again, the very same chip as at first.
+    back = build_chips(recs, cache, workers=1, progress=False)
+    assert back.replaced == [key] and back.path(key).read_bytes() == original[key]
+    assert calls == [key] * 3  # theirs, the fresh cache's, and the way back
+
+
+def test_touched_but_unchanged_source_is_hashed_once_not_realigned(real_records, tmp_path,
+                                                                   monkeypatch):
+    recs = real_records[:2]
+    build_chips(recs, tmp_path, workers=1, progress=False)
+    copied = []
+    for r in recs:  # a copied data set: same bytes, new mtimes
+        dest = tmp_path / "copy" / r.key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(r.path.read_bytes())
+        os.utime(dest, ns=(1_000_000_000, 1_000_000_000))
+        copied.append(ImageRecord(r.key, r.identity, dest))
+    calls = _counting_align(monkeypatch)
+    ci = build_chips(copied, tmp_path, workers=1, progress=False)
+    assert calls == [] and ci.replaced == []
+    for r in copied:  # the new mtime is recorded: the next build only stats the file
+        assert chips_mod.source_matches(ci.entries[r.key], r.path) == (True, False)
+    assert ChipIndex.open(tmp_path).entries[copied[0].key]["source_mtime_ns"] == 1_000_000_000
+
+
+def test_chip_of_a_source_changed_into_an_unreadable_file_is_dropped(real_records, tmp_path):
+    recs = real_records[:1]
+    build_chips(recs, tmp_path / "cache", workers=1, progress=False)
+    bad = tmp_path / "bad" / recs[0].key
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a jpeg")
+    ci = build_chips([ImageRecord(recs[0].key, recs[0].identity, bad)], tmp_path / "cache",
+                     workers=1, progress=False)
+    assert len(ci) == 0 and [p.key for p in ci.problems] == [recs[0].key]
+    assert recs[0].key not in ChipIndex.open(tmp_path / "cache")  # the old chip is gone too

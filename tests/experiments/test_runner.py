@@ -353,3 +353,28 @@ def test_cell_params_of_one_attack() -> None:
     swept = AttackSpec(name="pgd", eps_8bit=[2, 4], sweep=True)
     assert swept.cell_params("probe") == {"attack": "pgd", "sweep": True}
     assert swept.cell_params("gallery") == {"attack": "pgd"}
+
+
+def test_resume_refuses_images_that_changed_under_the_same_names(tmp_path: Path,
+                                                                 tiny: dict[str, Path]) -> None:
+    """A run resumed on other pixels under the same file names (ADVFACE_DATA pointed at another
+    copy of LFW, an image replaced in place) would mix two data sets' results: refused."""
+    import shutil
+
+    mine = {**tiny, "data": tmp_path / "data", "cache": tmp_path / "cache"}
+    shutil.copytree(tiny["data"], mine["data"])
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", mine, attacks="""
+  - {name: fgsm, eps_8bit: [4], goals: [dodging]}"""))
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    first = json.loads((run_dir / "run.json").read_text())["images_hash"]
+    assert run_experiment(cfg, run_dir, progress=False, log=lambda m: None) == run_dir
+    people = sorted(p for p in (mine["data"] / "lfw-tiny").iterdir() if p.is_dir())
+    victim = sorted(people[0].glob("*.jpg"))[0]
+    victim.write_bytes(sorted(people[1].glob("*.jpg"))[0].read_bytes())
+    said: list[str] = []
+    with pytest.raises(AdvfaceError, match="images changed since this run started") as err:
+        run_experiment(cfg, run_dir, progress=False, log=said.append)
+    assert "run.json" in str(err.value) and "new --out" in str(err.value)
+    assert any(line.startswith("re-aligned 1 image") for line in said)
+    fresh = run_experiment(cfg, tmp_path / "run2", progress=False, log=lambda m: None)
+    assert json.loads((fresh / "run.json").read_text())["images_hash"] != first

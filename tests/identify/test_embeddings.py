@@ -87,3 +87,26 @@ def test_prepare_input_resizes_differentiably():
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert preprocessing_id(150, 150) == "native150" != preprocessing_id(150, 64)
+
+
+def test_same_keys_from_another_data_set_get_their_own_embeddings(tmp_path, tiny_model,
+                                                                  tiny_face):
+    """Two data sets with the same names in one cache: the second never gets the first's
+    embeddings (chips re-aligned, cache rows keyed by what the chip was made from)."""
+    from advface.align.chips import build_chips
+    from advface.data.lfw import open_lfw
+    from advface.data.synthetic import make_tiny_lfw
+
+    cache = tmp_path / "cache"
+    sets = [open_lfw(make_tiny_lfw(tmp_path / f"set{s}", n_people=3, images_per_person=(2, 2),
+                                   size=96, seed=s), cache) for s in (0, 1)]
+    assert [r.key for r in sets[0].records] == [r.key for r in sets[1].records]
+    out = []
+    for lfw in (*sets, sets[0]):
+        chips = build_chips(lfw.records, cache, upsample=0, workers=1, progress=False)
+        got = embed(tiny_model, chips, cache_dir=cache, progress=False)
+        torch.testing.assert_close(got, _direct(tiny_face(), chips, chips.keys))
+        out.append(got)
+    assert not torch.allclose(out[0], out[1])
+    assert torch.equal(out[0], out[2])
+    assert tiny_model.calls == 2 * len(out[0])  # the way back is served from the cache

@@ -14,8 +14,12 @@ A chip file is written atomically *before* its index line, so an index line alwa
 complete PNG; killing a build loses at most the chips in flight, and a rerun skips every key
 already in the index. Concurrent builders of one chipset take turns (a file lock). The chipset
 id hashes the alignment parameters and version, so changing either starts a separate cache
-instead of mixing chips. Sources are not re-hashed on resume: the index records each source's
-sha256 for audits.
+instead of mixing chips. Chips are keyed by the record key, which two data sets can share
+(deep-funneled and original LFW, a user's folder reusing LFW names, an image replaced in place):
+the index records each source's size, mtime and sha256, and every build checks the sources it is
+given against them (a ``stat`` per file; the hash only when the mtime moved), re-aligning the
+images whose content changed (:attr:`ChipIndex.replaced`) instead of handing back another
+image's chip.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class ChipIndex:
     params: AlignParams
     entries: dict[str, dict[str, Any]]
     problems: list[ChipProblem] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    """Keys re-aligned by the build that returned this index because their source changed."""
 
     @property
     def chipset_id(self) -> str:
@@ -103,6 +109,17 @@ class ChipIndex:
     def methods(self) -> dict[str, str]:
         """``key -> "dlib" | "dlib-cnn" | "fallback"``."""
         return {k: e["method"] for k, e in self.entries.items()}
+
+    def content_id(self, key: str) -> str:
+        """What a key's chip was made from (its source's sha256): caches of anything computed
+        from chips key their rows by it, so a re-aligned image never meets a stale row."""
+        entry = self.entries.get(key)
+        if entry is None:
+            self.path(key)  # raises the "no aligned chip" error with its fix
+        digest = entry.get("source_sha256") if entry else None
+        if not isinstance(digest, str):
+            digest = hashlib.sha256(self.path(key).read_bytes()).hexdigest()
+        return digest[:16]
 
     @property
     def fallback_count(self) -> int:
@@ -246,6 +263,7 @@ def _align_one(job: tuple[str, str]) -> dict[str, Any]:
     entry.update(
         source_sha256=hashlib.sha256(raw).hexdigest(),
         source_bytes=len(raw),
+        source_mtime_ns=_mtime_ns(src),
         source_width=int(rgb.shape[1]),
         source_height=int(rgb.shape[0]),
     )
@@ -319,6 +337,7 @@ def build_chips(
         index_path = root / INDEX_NAME
         done = _read_index(index_path, repair=True)
         done = {k: e for k, e in done.items() if (root / chip_relpath(k)).is_file()}
+        replaced = _drop_changed_sources(done, wanted, index_path)
         jobs = sorted((k, p) for k, p in wanted.items() if k not in done)
         # Problems of other records stay listed; the requested ones are judged afresh.
         problems = {p.key: p for p in _read_problems(root) if p.key not in wanted}
@@ -347,7 +366,59 @@ def build_chips(
             problems.update((p.key, p) for p in new_problems)
             _write_problems(root, list(problems.values()))
     chips = ChipIndex(root=root, params=params, entries=done, problems=list(problems.values()))
-    return chips.subset(wanted)
+    out = chips.subset(wanted)
+    out.replaced = replaced
+    return out
+
+
+def _mtime_ns(path: str | Path) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def source_matches(entry: dict[str, Any], path: str | Path) -> tuple[bool, bool]:
+    """(is ``path`` still the image this chip was made from, was that settled by hashing).
+
+    Size first, then the recorded mtime; only a moved mtime (a copied or re-extracted data
+    set, an entry written before mtimes were recorded) costs reading and hashing the file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False, False
+    if entry.get("source_bytes") != st.st_size:
+        return False, False
+    if entry.get("source_mtime_ns") == st.st_mtime_ns:
+        return True, False
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return False, True
+    return digest == entry.get("source_sha256"), True
+
+
+def _drop_changed_sources(done: dict[str, dict[str, Any]], wanted: dict[str, str],
+                          index_path: Path) -> list[str]:
+    """Remove from ``done`` the wanted keys whose source is no longer the image their chip was
+    made from (returned, sorted); sources confirmed by hash get their new mtime indexed."""
+    changed: list[str] = []
+    confirmed: list[dict[str, Any]] = []
+    for key in sorted(set(wanted) & set(done)):
+        same, hashed = source_matches(done[key], wanted[key])
+        if not same:
+            changed.append(key)
+            del done[key]
+            # Its index line stays (a later line wins); without the file it is not a chip.
+            (index_path.parent / chip_relpath(key)).unlink(missing_ok=True)
+        elif hashed:
+            done[key] = {**done[key], "source_mtime_ns": _mtime_ns(wanted[key])}
+            confirmed.append(done[key])
+    if confirmed:
+        with open(index_path, "a", encoding="utf-8") as index:
+            index.writelines(json.dumps(e, sort_keys=True) + "\n" for e in confirmed)
+    return changed
 
 
 def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Path,
@@ -380,6 +451,7 @@ def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Pat
         if digest != entry.get("source_sha256"):
             rest.append((key, src))
             continue
+        entry = {**entry, "source_mtime_ns": _mtime_ns(src)}
         target = root / chip_relpath(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(chip, target)

@@ -50,7 +50,15 @@ def _aligned(data: Path | None, cache: Path | None, upsample: int, workers: int,
                         second_detector="cnn" if cnn_fallback else "none", progress=progress)
     for p in chips.problems:
         typer.echo(f"skipped (no chip): {p}", err=True)
+    _say_replaced(chips)
     return lfw, chips, cache_dir
+
+
+def _say_replaced(chips) -> None:
+    if chips.replaced:
+        typer.echo(f"re-aligned {len(chips.replaced):,} image(s) whose file is not the one "
+                   f"their cached chip was made from (e.g. {chips.replaced[0]}); give each "
+                   "data set its own --cache to keep both", err=True)
 
 
 def _write_json(path: Path | None, obj: object) -> None:
@@ -89,6 +97,7 @@ def align(
     typer.echo(f"chips:      {n:,} ({n - chips.fallback_count - by_cnn:,} dlib HOG, "
                + (f"{by_cnn:,} dlib CNN, " if cnn_fallback else "")
                + f"{chips.fallback_count:,} fallback crops)")
+    _say_replaced(chips)
     typer.echo(f"problems:   {len(chips.problems):,}")
     for p in chips.problems:
         typer.echo(f"  {p}")

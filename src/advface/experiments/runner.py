@@ -190,8 +190,21 @@ class Runner:
             raise DataError(f"{len(missing)} images could not be aligned or read "
                             f"(e.g. {missing[:3]})", path=lfw.image_root,
                             fix="see the problems listed by `advface data validate`")
+        if chips.replaced:
+            self.log(f"re-aligned {len(chips.replaced)} image(s) whose file is not the one "
+                     f"their cached chip was made from (e.g. {chips.replaced[0]})")
+        images_hash = hashlib.sha256(json.dumps(
+            [[k, chips.content_id(k)] for k in needed]).encode()).hexdigest()[:16]
+        started_with = info.get("images_hash")
+        if started_with is not None and started_with != images_hash:
+            raise DataError("the images changed since this run started (same names, other "
+                            "pixels): resuming would mix results of two data sets",
+                            path=self.run_dir / "run.json",
+                            fix="use a new --out directory, or point the config's data_dir "
+                            "at the data set this run started with")
         stats = split.stats()
-        self._run_json(split_hash=split.hash, identity_names=identity_names,
+        self._run_json(split_hash=split.hash, images_hash=images_hash,
+                       identity_names=identity_names,
                        models=[m.name for m in cfg.models], split_stats=stats,
                        n_probes_attacked=len(probes),
                        chip_fallbacks=int(sum(1 for k in needed

@@ -4,8 +4,11 @@ Every evaluation, attack and report needs the clean embeddings of all gallery an
 on two CPU cores that is about a minute per model for LFW, so they are cached in
 ``cache_dir/embeddings/<model_fingerprint>/<source_id>__<preprocessing>.safetensors``. The model
 fingerprint hashes the weights themselves (not a name or a path), so a retrained or different
-model never picks up stale embeddings. The cache grows incrementally (only missing keys are
-computed) and is rewritten atomically every few batches, so an interrupted run resumes.
+model never picks up stale embeddings; rows of chips are keyed by the record key *and* the chip's
+source hash (:meth:`ChipIndex.content_id`), so a key re-aligned from another image (a data set
+reusing LFW's names, say) is recomputed, never served stale. The cache grows incrementally
+(only missing keys are computed) and is rewritten atomically every few batches, so an
+interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -172,7 +175,11 @@ def embed(
         },
     )
     position = {k: i for i, k in enumerate(keys)}
-    todo = [k for k in keys if k not in cache.rows]
+    # Rows of chips are stored under the key plus what the chip was made from, so a key whose
+    # image changed (re-aligned from another source) is recomputed, never served stale.
+    row = ({k: f"{k}#{chips.content_id(k)}" for k in keys} if chips is not None
+           else {k: k for k in keys})
+    todo = [k for k in keys if row[k] not in cache.rows]
     if todo:
         device = _model_device(model)
         was_training = model.training
@@ -196,8 +203,8 @@ def embed(
                             "images; expected (N, D) embeddings",
                             fix="pass an embedding model (forward -> (N, D))",
                         )
-                    for k, row in zip(batch_keys, out, strict=True):
-                        cache.rows[k] = row.clone()
+                    for k, emb in zip(batch_keys, out, strict=True):
+                        cache.rows[row[k]] = emb.clone()
                     bar.update(len(batch_keys))
                     if (b + 1) % SAVE_EVERY_BATCHES == 0:
                         cache.save()
@@ -207,4 +214,4 @@ def embed(
             cache.save()
     if not keys:
         return torch.empty(0, int(getattr(model, "embedding_dim", 0)))
-    return torch.stack([cache.rows[k] for k in keys])
+    return torch.stack([cache.rows[row[k]] for k in keys])

@@ -7,7 +7,9 @@ stratified ``val_fraction`` is held out for early stopping / model selection. Th
 touched once, by the final evaluation.
 
 All images (~3k for >= 20 images per person) are decoded once into one uint8 tensor and cached
-on disk (safetensors, keyed by the image source and the key list), so later runs skip decoding.
+on disk (safetensors, keyed by the image source, the key list and what each key's image is: its
+chip's source hash, or the source file's size and mtime for center crops), so later runs skip
+decoding and a data set that reuses the same keys with other images never gets stale pixels.
 """
 
 from __future__ import annotations
@@ -109,16 +111,17 @@ def stratified_holdout(
 
 
 def _source(cfg: TrainDataConfig, records: dict[str, ImageRecord]):
-    """(source id, loader of uint8 (N, 150, 150, 3) arrays for keys)."""
+    """(source id, loader of uint8 (N, 150, 150, 3) arrays for keys, content ids of keys)."""
     if cfg.source == "chips":
-        from advface.align.chips import ChipIndex  # imports dlib: only when chips are used
+        # imports dlib: only when chips are used
+        from advface.align.chips import ChipIndex, source_matches
 
         index = ChipIndex.open(cfg.resolved_cache_dir())
         if index.params.size != IMAGE_SIZE:
             raise DataError(f"chips are {index.params.size}px, the ad-hoc model needs "
                             f"{IMAGE_SIZE}px", path=index.root, fix="align with size 150")
 
-        def load_chips(keys: list[str]) -> np.ndarray:
+        def chip_contents(keys: list[str]) -> list[str]:
             missing = [k for k in keys if k not in index]
             if missing:
                 raise DataError(
@@ -127,12 +130,25 @@ def _source(cfg: TrainDataConfig, records: dict[str, ImageRecord]):
                     fix="run `advface model align` on this data set first (or use "
                     "source: center-crop)",
                 )
+            for k in keys:
+                if not source_matches(index.entries[k], records[k].path)[0]:
+                    raise DataError(
+                        f"the cached chip of {k!r} was made from another image than this file "
+                        "(another data set with the same names, or the image changed)",
+                        path=records[k].path,
+                        fix="run `advface model align` on this data set (it re-aligns "
+                        "changed images), or give each data set its own --cache",
+                    )
+            return [index.content_id(k) for k in keys]
+
+        def load_chips(keys: list[str]) -> np.ndarray:
+            chip_contents(keys)
             out = np.empty((len(keys), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
             for i, k in enumerate(tqdm(keys, desc="loading chips", unit="img", leave=False)):
                 out[i] = index.load_uint8([k])[0]
             return out
 
-        return f"chips:{index.chipset_id}", load_chips
+        return f"chips:{index.chipset_id}", load_chips, chip_contents
 
     def load_crops(keys: list[str]) -> np.ndarray:
         out = np.empty((len(keys), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -140,14 +156,29 @@ def _source(cfg: TrainDataConfig, records: dict[str, ImageRecord]):
             out[i] = center_crop(load_rgb(records[k].path), IMAGE_SIZE)
         return out
 
-    return "center-crop-150", load_crops
+    def crop_contents(keys: list[str]) -> list[str]:
+        out = []
+        for k in keys:
+            try:
+                st = records[k].path.stat()
+            except OSError as err:
+                raise DataError(f"cannot read {k!r}: {err}", path=records[k].path,
+                                fix="restore the file or rescan the data set") from err
+            out.append(f"{st.st_size}:{st.st_mtime_ns}")
+        return out
+
+    return "center-crop-150", load_crops, crop_contents
 
 
 def preload(
-    keys: list[str], source_id: str, loader, cache_dir: Path | None
+    keys: list[str], source_id: str, loader, cache_dir: Path | None,
+    contents: list[str] | None = None,
 ) -> torch.Tensor:
-    """uint8 ``(N, 3, 150, 150)`` for ``keys``, from the on-disk cache when it is there."""
-    digest = hashlib.sha256(json.dumps([source_id, keys]).encode()).hexdigest()[:20]
+    """uint8 ``(N, 3, 150, 150)`` for ``keys``, from the on-disk cache when it is there.
+
+    ``contents`` (one id per key of what its image is) joins the cache key, so the same keys
+    with other images are a cache miss, not stale pixels."""
+    digest = hashlib.sha256(json.dumps([source_id, keys, contents]).encode()).hexdigest()[:20]
     path = cache_dir / PRELOAD_DIR / f"{digest}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -179,9 +210,9 @@ def prepare_data(cfg: TrainDataConfig, split: ClosedSetSplit | None = None) -> P
         raise DataError(f"{len(missing)} split image(s) are not in the data set, e.g. "
                         f"{missing[:3]}", path=lfw.image_root,
                         fix="use the data set the split was made from")
-    source_id, loader = _source(cfg, by_key)
+    source_id, loader, contents = _source(cfg, by_key)
     all_keys = gallery_keys + probe_keys
-    images = preload(all_keys, source_id, loader, cfg.resolved_cache_dir())
+    images = preload(all_keys, source_id, loader, cfg.resolved_cache_dir(), contents(all_keys))
     index = split.identity_index()
     labels = torch.tensor([index[identity_of(k)] for k in all_keys], dtype=torch.int64)
     g = len(gallery_keys)
