@@ -1,18 +1,21 @@
-"""`advface attack ...` commands: discover the attacks and their hyper-parameters.
+"""`advface attack ...` commands: discover the attacks and their hyper-parameters, and attack
+a few photos against a gallery folder (``photos``).
 
-Running attacks on real models happens through experiment configs (``advface`` experiment
-commands); these commands tell a config author which names and keys exist.
+Studies (many probes, eps grids, both models, a report) run through experiment configs
+(``advface run``); ``list``/``show`` tell a config author which names and keys exist.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from advface.attacks import registry
 
-app = typer.Typer(help="List the attacks and their hyper-parameters (for experiment configs).",
+app = typer.Typer(help="List the attacks and their hyper-parameters; attack a few photos.",
                   no_args_is_help=True)
 
 
@@ -43,3 +46,69 @@ def show(name: str = typer.Argument(..., help="attack name, see `advface attack 
     if doc:
         typer.echo("")
         typer.echo(doc)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from advface.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r} is not KEY=VALUE", fix="e.g. --param steps=20")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command("photos")
+def photos(
+    photo: Annotated[list[Path], typer.Argument(help="face photos (or aligned chips with "
+                                                "--aligned) to attack")],
+    gallery: Annotated[Path, typer.Option("--gallery", help="folder of identity/image "
+                                          "sub-folders: the enrolled people")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the chips, the x10 "
+                                      "differences, panel.png and summary.json")],
+    model: Annotated[str, typer.Option("--model", help="registered model name (dlib) or a "
+                                       "model file (.onnx, .dat, ad-hoc .safetensors)")] = "dlib",
+    attack: Annotated[str, typer.Option("--attack", help="see `advface attack list`")] = "pgd",
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2")] = "linf",
+    eps: Annotated[float | None, typer.Option(
+        "--eps", help="budget in 8-bit units (L-inf grey levels, or L2 norm x255); omit for "
+        "cw/deepfool to get their minimal perturbation")] = 8.0,
+    goal: Annotated[str, typer.Option("--goal", help="dodging or impersonation")] = "dodging",
+    identity: Annotated[str | None, typer.Option(
+        "--identity", help="dodging: the photos' true identity (default: the model's "
+        "decision on each clean photo)")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="impersonation: the gallery identity to be taken for")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="attack hyper-parameter KEY=VALUE, repeatable (`advface attack show "
+        "NAME`)")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    aligned: Annotated[bool, typer.Option(
+        "--aligned", help="the photos already are 150x150 dlib chips")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="cache for chips and embeddings (default: $ADVFACE_CACHE or "
+        "~/.cache/advface)")] = None,
+    no_budget: Annotated[bool, typer.Option(
+        "--no-budget", help="minimum-norm attacks (cw, deepfool) without an eps cap")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Attack a few photos against a gallery folder: can they be changed invisibly so the model
+    no longer recognises them (dodging) or takes them for --target (impersonation)?"""
+    from advface.experiments.photos import attack_photos
+
+    outcomes = attack_photos(
+        photo, gallery, out, model=model, attack=attack, norm=norm,
+        eps_8bit=None if no_budget else eps, goal=goal, identity=identity, target=target,
+        params=_parse_params(param or []), seed=seed, cache_dir=cache, aligned=aligned,
+        progress=progress)
+    for o in outcomes:
+        verdict = "FOOLED" if o.success else "not fooled"
+        typer.echo(f"{o.photo}: {o.clean_top[0][0]} -> {o.adv_top[0][0]}  {verdict} "
+                   f"({o.goal} {o.label}); L-inf {o.linf_8bit:.2f}/255, L2 {o.l2_8bit:.1f}/255, "
+                   f"SSIM {o.ssim:.4f}, PSNR {o.psnr:.1f} dB")
+    n = sum(o.success for o in outcomes)
+    typer.echo(f"{n}/{len(outcomes)} fooled; files in {out} (panel.png, summary.json)")

@@ -1,0 +1,103 @@
+"""`advface attack photos`: a few real LFW photos attacked against a gallery folder with dlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from advface.cli.main import app
+from advface.data.images import load_rgb
+from advface.errors import ConfigError, DataError
+from advface.experiments.photos import attack_photos
+
+
+def _photos(bits: dict) -> list[Path]:
+    return [bits["photos"] / k for k in bits["held_out"]]
+
+
+def test_dodging_fools_dlib_and_every_number_is_measured_on_the_saved_files(lfw_bits, tmp_path):
+    out = tmp_path / "out"
+    got = attack_photos(_photos(lfw_bits), lfw_bits["gallery"], out, eps_8bit=8,
+                        cache_dir=lfw_bits["cache"], progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gallery_identities"] == len(list(lfw_bits["gallery"].iterdir()))
+    assert summary["chance_rank1"] == pytest.approx(1 / summary["gallery_identities"])
+    for o, key in zip(got, lfw_bits["held_out"], strict=True):
+        person = key.split("/")[0]
+        assert o.clean_top[0][0] == person and o.label == person  # dlib knows them clean
+        assert o.label_from == "clean decision" and o.align_method == "dlib"
+        assert o.success and o.adv_top[0][0] != person
+        clean = load_rgb(out / o.clean_png).astype(int)
+        adv = load_rgb(out / o.adv_png).astype(int)
+        assert np.abs(adv - clean).max() == round(o.linf_8bit) <= 8
+        diff = load_rgb(out / o.diff_png).astype(int)
+        assert np.array_equal(diff, np.clip(128 + 10 * (adv - clean), 0, 255))
+        assert 0.9 < o.ssim < 1.0 and o.psnr > 30
+    assert [p["success"] for p in summary["photos"]] == [True, True]
+    with Image.open(out / "panel.png") as im:
+        assert im.size[0] > 500 and im.size[1] > 2 * 200
+
+
+def test_impersonation_and_a_photo_of_a_gallery_image(lfw_bits, tmp_path):
+    # A gallery image given as a photo is aligned exactly as the gallery was: distance 0.
+    in_gallery = sorted((lfw_bits["gallery"] / "Abdoulaye_Wade").glob("*.jpg"))[0]
+    target = "Abdullah_Gul"
+    got = attack_photos([in_gallery], lfw_bits["gallery"], tmp_path / "imp",
+                        goal="impersonation", target=target, eps_8bit=8,
+                        params={"steps": 20}, cache_dir=lfw_bits["cache"], progress=False)
+    (o,) = got
+    assert o.clean_top[0] == ("Abdoulaye_Wade", 0.0)  # -(Euclidean distance) to itself
+    assert o.label == target and o.label_from == "target"
+    assert o.success == (o.adv_top[0][0] == target)
+    assert o.success  # 20 steps at 8/255 move dlib's decision to the target
+
+
+def test_bad_input_is_named_with_the_fix(lfw_bits, tmp_path):
+    kw = {"cache_dir": lfw_bits["cache"], "progress": False}
+    gallery, photos = lfw_bits["gallery"], _photos(lfw_bits)
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(blank)
+    with pytest.raises(DataError, match="no face found") as err:
+        attack_photos([blank], gallery, tmp_path / "o", **kw)
+    assert "wall.png" in str(err.value) and "--aligned" in str(err.value)
+    with pytest.raises(DataError, match="aligned chip must be 150x150"):
+        attack_photos([blank], gallery, tmp_path / "o", aligned=True, **kw)
+    with pytest.raises(DataError, match="photo not found"):
+        attack_photos([tmp_path / "nope.jpg"], gallery, tmp_path / "o", **kw)
+    with pytest.raises(ConfigError, match="not a gallery identity") as err:
+        attack_photos(photos, gallery, tmp_path / "o", goal="impersonation",
+                      target="abdullah", **kw)
+    assert "Abdullah_Gul" in str(err.value)  # close names are offered
+    with pytest.raises(ConfigError, match="needs a target"):
+        attack_photos(photos, gallery, tmp_path / "o", goal="impersonation", **kw)
+    with pytest.raises(ConfigError, match="no hyper-parameter"):
+        attack_photos(photos, gallery, tmp_path / "o", params={"stepz": 3}, **kw)
+    with pytest.raises(ConfigError, match="cannot attack single photos"):
+        attack_photos(photos, gallery, tmp_path / "o", attack="universal", **kw)
+    with pytest.raises(ConfigError, match="needs a budget"):
+        attack_photos(photos, gallery, tmp_path / "o", eps_8bit=None, **kw)
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_cli(lfw_bits, tmp_path):
+    runner = CliRunner()
+    base = ["attack", "photos", *map(str, _photos(lfw_bits)), "--gallery",
+            str(lfw_bits["gallery"]), "--cache", str(lfw_bits["cache"]), "--no-progress"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "cw"), "--attack", "deepfool",
+                              "--norm", "l2", "--no-budget"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("FOOLED") == 2 and "2/2 fooled" in res.output
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "x"), "--param", "steps"])
+    # (`advface` turns this error into one line on stderr and exit status 2)
+    assert isinstance(res.exception, ConfigError) and "KEY=VALUE" in str(res.exception)
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "y"), "--eps", "1",
+                              "--param", "steps=2", "--attack", "bim"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "y" / "summary.json").read_text())
+    assert summary["params"] == {"steps": 2} and summary["attack"] == "bim"
+    assert all(p["linf_8bit"] <= 1.0 + 1e-4 for p in summary["photos"])  # float32 sums
