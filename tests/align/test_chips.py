@@ -21,6 +21,19 @@ from advface.errors import DataError
 dlib = pytest.importorskip("dlib")
 
 
+def _counting_align(monkeypatch) -> list[str]:
+    """The keys aligned from now on (``_align_one`` calls) in this process."""
+    calls: list[str] = []
+    original = chips_mod._align_one
+
+    def counting(job):
+        calls.append(job[0])
+        return original(job)
+
+    monkeypatch.setattr(chips_mod, "_align_one", counting)
+    return calls
+
+
 def _index_lines(ci: ChipIndex) -> list[dict]:
     return [json.loads(line) for line in (ci.root / "index.jsonl").read_text().splitlines()]
 
@@ -72,14 +85,7 @@ def test_pool_matches_in_process(real_records, tmp_path):
 def test_rerun_skips_finished_keys(real_records, tmp_path, monkeypatch):
     recs = real_records[:3]
     build_chips(recs, tmp_path, workers=1, progress=False)
-    calls: list[str] = []
-    original = chips_mod._align_one
-
-    def counting(job):
-        calls.append(job[0])
-        return original(job)
-
-    monkeypatch.setattr(chips_mod, "_align_one", counting)
+    calls = _counting_align(monkeypatch)
     ci = build_chips(recs, tmp_path, workers=1, progress=False)
     assert calls == [] and len(ci) == 3
 
@@ -93,14 +99,7 @@ def test_resume_after_partial_index_recomputes_only_missing(real_records, tmp_pa
     kept = [json.loads(x)["key"] for x in lines[:2]]
     # A kill mid-write: two complete lines and half of the third.
     index.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
-    calls: list[str] = []
-    original = chips_mod._align_one
-
-    def counting(job):
-        calls.append(job[0])
-        return original(job)
-
-    monkeypatch.setattr(chips_mod, "_align_one", counting)
+    calls = _counting_align(monkeypatch)
     ci = build_chips(recs, tmp_path, workers=1, progress=False)
     assert sorted(calls) == sorted(set(before) - set(kept))
     assert sorted(ci.keys) == sorted(before)
@@ -314,17 +313,6 @@ def test_cnn_chipset_copies_the_hog_chips_and_aligns_only_the_rest(real_records,
         assert cnn.methods[key] in ("fallback", "dlib-cnn")
     assert json.loads((cnn.root / "params.json").read_text())["second_detector"] == "cnn"
 
-
-def _counting_align(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    original = chips_mod._align_one
-
-    def counting(job):
-        calls.append(job[0])
-        return original(job)
-
-    monkeypatch.setattr(chips_mod, "_align_one", counting)
-    return calls
 
 
 def test_same_key_from_another_image_is_realigned_not_served_stale(real_records, tmp_path,
