@@ -101,3 +101,20 @@ def test_cli(lfw_bits, tmp_path):
     summary = json.loads((tmp_path / "y" / "summary.json").read_text())
     assert summary["params"] == {"steps": 2} and summary["attack"] == "bim"
     assert all(p["linf_8bit"] <= 1.0 + 1e-4 for p in summary["photos"])  # float32 sums
+
+
+def test_unusable_gallery_images_are_listed_not_dropped(lfw_bits, tmp_path):
+    import shutil
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(lfw_bits["gallery"], gallery)
+    good = sorted((gallery / "Abdullah_Gul").glob("*.jpg"))[0]
+    broken = gallery / "Abdullah_Gul" / "Abdullah_Gul_0099.jpg"
+    broken.write_bytes(good.read_bytes()[:200])  # a truncated download
+    said: list[str] = []
+    attack_photos(_photos(lfw_bits)[:1], gallery, tmp_path / "out", eps_8bit=8,
+                  params={"steps": 2}, cache_dir=lfw_bits["cache"], progress=False,
+                  log=said.append)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["gallery_skipped"]) == 1 and "Abdullah_Gul_0099.jpg" in said[0]
+    assert summary["gallery_images"] == len(list(gallery.glob("*/*.jpg"))) - 1

@@ -104,7 +104,7 @@ def photos(
         photo, gallery, out, model=model, attack=attack, norm=norm,
         eps_8bit=None if no_budget else eps, goal=goal, identity=identity, target=target,
         params=_parse_params(param or []), seed=seed, cache_dir=cache, aligned=aligned,
-        progress=progress)
+        progress=progress, log=lambda message: typer.echo(message, err=True))
     for o in outcomes:
         verdict = "FOOLED" if o.success else "not fooled"
         typer.echo(f"{o.photo}: {o.clean_top[0][0]} -> {o.adv_top[0][0]}  {verdict} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,15 @@ def attack_photos(
     cache_dir: Path | None = None,
     aligned: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
 ) -> list[PhotoOutcome]:
     """Attack ``photos`` against the gallery folder; files and ``summary.json`` go to ``out_dir``.
 
     Dodging needs the photos' true identity: ``identity`` (one gallery folder name for all the
     photos) or, by default, the model's decision on each clean chip, so success means "no longer
     recognised as whom it recognised". Impersonation needs ``target``. ``eps_8bit`` is the
-    budget in 8-bit units (``None`` for minimum-norm attacks: C&W, DeepFool).
+    budget in 8-bit units (``None`` for minimum-norm attacks: C&W, DeepFool). Gallery images
+    that could not be used are passed to ``log`` and listed in ``summary.json``.
     """
     from advface.align.chips import build_chips
     from advface.align.dlib_align import AlignParams, DlibAligner
@@ -156,6 +159,9 @@ def attack_photos(
     records = open_lfw(gallery_dir, cache).records
     params_align = AlignParams()
     chips = build_chips(records, cache, upsample=params_align.upsample, progress=progress)
+    skipped = [str(p) for p in chips.problems]
+    for line in skipped:
+        log(f"skipped gallery image: {line}")
     if not len(chips):
         raise DataError("no usable gallery image", path=gallery_dir,
                         fix="put images in identity/image sub-folders")
@@ -222,6 +228,7 @@ def attack_photos(
     summary = {
         "model": model, "metric": gallery.metric, "gallery": str(gallery_dir),
         "gallery_images": len(keys), "gallery_identities": len(names),
+        "gallery_skipped": skipped,
         "chance_rank1": 1.0 / len(names), "attack": attack, "norm": norm,
         "eps_8bit": eps_8bit, "params": params or {}, "seed": seed,
         "success_rate": float(success.float().mean()),
