@@ -376,5 +376,10 @@ def test_resume_refuses_images_that_changed_under_the_same_names(tmp_path: Path,
         run_experiment(cfg, run_dir, progress=False, log=said.append)
     assert "run.json" in str(err.value) and "new --out" in str(err.value)
     assert any(line.startswith("re-aligned 1 image") for line in said)
+    # Reloading the run's models (interpret, defences) on those images is refused too.
+    from advface.experiments.reload import load_run_models
+
+    with pytest.raises(AdvfaceError, match="not the images this run was made on"):
+        load_run_models(run_dir, ["dlib"], progress=False)
     fresh = run_experiment(cfg, tmp_path / "run2", progress=False, log=lambda m: None)
     assert json.loads((fresh / "run.json").read_text())["images_hash"] != first

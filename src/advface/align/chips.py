@@ -121,6 +121,12 @@ class ChipIndex:
             digest = hashlib.sha256(self.path(key).read_bytes()).hexdigest()
         return digest[:16]
 
+    def content_hash(self, keys: Iterable[str]) -> str:
+        """One id for what a set of keys' images are (order-free): a run records it and refuses
+        to continue, or to be reloaded, on other pixels under the same names."""
+        pairs = [[k, self.content_id(k)] for k in sorted(set(keys))]
+        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+
     @property
     def fallback_count(self) -> int:
         """How many chips are the fixed fallback crop because dlib found no face."""

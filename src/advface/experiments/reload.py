@@ -63,6 +63,20 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return load_yaml(path, RunConfig)
 
 
+def _check_images(run_dir: Path, images_hash: str) -> None:
+    """Refuse a data set whose images are not those the run was made on (same names, other
+    pixels): its gallery would decide other identities than the run's rows say."""
+    info_path = run_dir / "run.json"
+    try:
+        recorded = json.loads(info_path.read_text()).get("images_hash")
+    except (OSError, ValueError):
+        recorded = None  # runs from before images_hash: nothing to compare with
+    if recorded is not None and recorded != images_hash:
+        raise DataError("these are not the images this run was made on (same names, other "
+                        "pixels)", path=info_path,
+                        fix="pass --data with the data set the run used")
+
+
 def _identity_names(run_dir: Path, gallery: list[str]) -> list[str]:
     path = run_dir / "run.json"
     names: list[str] = []
@@ -118,18 +132,20 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None, *,
 
         lfw = open_lfw(cfg.data.resolved_data_dir(), cfg.data.resolved_cache_dir())
         by_key = lfw.by_key
-        absent = [k for k in gallery_keys if k not in by_key]
+        needed = sorted(set(gallery_keys) | set(split.probes))  # what images_hash covers
+        absent = [k for k in needed if k not in by_key]
         if absent:
-            raise DataError(f"{len(absent)} gallery images of the run are not in the data set "
+            raise DataError(f"{len(absent)} images of the run are not in the data set "
                             f"(e.g. {absent[:3]})", path=cfg.data.resolved_data_dir(),
                             fix="pass --data with the LFW copy the run used")
-        chips = build_chips([by_key[k] for k in gallery_keys], cfg.data.resolved_cache_dir(),
+        chips = build_chips([by_key[k] for k in needed], cfg.data.resolved_cache_dir(),
                             upsample=cfg.align_upsample, progress=progress)
-        missing = [k for k in gallery_keys if k not in chips]
+        missing = [k for k in needed if k not in chips]
         if missing:
-            raise DataError(f"{len(missing)} gallery images could not be aligned "
+            raise DataError(f"{len(missing)} images of the run could not be aligned "
                             f"(e.g. {missing[:3]})", path=lfw.image_root,
                             fix="see the problems listed by `advface data validate`")
+        _check_images(run_dir, chips.content_hash(needed))
         labels = torch.tensor([index[k.split("/", 1)[0]] for k in gallery_keys])
 
     for name in wanted:

@@ -193,8 +193,7 @@ class Runner:
         if chips.replaced:
             self.log(f"re-aligned {len(chips.replaced)} image(s) whose file is not the one "
                      f"their cached chip was made from (e.g. {chips.replaced[0]})")
-        images_hash = hashlib.sha256(json.dumps(
-            [[k, chips.content_id(k)] for k in needed]).encode()).hexdigest()[:16]
+        images_hash = chips.content_hash(needed)
         started_with = info.get("images_hash")
         if started_with is not None and started_with != images_hash:
             raise DataError("the images changed since this run started (same names, other "
