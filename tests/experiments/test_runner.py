@@ -383,3 +383,32 @@ def test_resume_refuses_images_that_changed_under_the_same_names(tmp_path: Path,
         load_run_models(run_dir, ["dlib"], progress=False)
     fresh = run_experiment(cfg, tmp_path / "run2", progress=False, log=lambda m: None)
     assert json.loads((fresh / "run.json").read_text())["images_hash"] != first
+
+
+def test_a_plain_identity_folder_runs_and_skips_verification_with_the_fix(
+        tmp_path: Path, tiny: dict[str, Path]) -> None:
+    """Users' own data: a folder of identity/image sub-folders, no LFW protocol files."""
+    import shutil
+
+    folder = tmp_path / "people"
+    shutil.copytree(tiny["data"] / "lfw-tiny", folder)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"""
+name: own
+data: {{data_dir: {folder}, cache_dir: {tiny['cache']}, min_images: 2, distractors: false}}
+models:
+  - {{name: dlib, source: dlib}}
+n_probes: 3
+verification: true
+align_upsample: 0
+attacks:
+  - {{name: fgsm, eps_8bit: [8], goals: [dodging]}}
+""")
+    said: list[str] = []
+    run_dir = run_experiment(load_experiment(cfg_path), tmp_path / "run", progress=False,
+                             log=said.append)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    skipped = [m for m in said if m.startswith("verification skipped")]
+    assert len(skipped) == 1 and "pairs.txt" in skipped[0]
+    assert "verification: false" in skipped[0]
+    assert len(table_rows(run_dir)) == 3

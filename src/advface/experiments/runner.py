@@ -316,7 +316,8 @@ class Runner:
         try:
             pairs = st.lfw.pairs()
         except AdvfaceError as err:
-            self.log(f"verification skipped: {err}")
+            self.log(f"verification skipped: {err}\n  (a data set without LFW's pairs "
+                     "protocol: set `verification: false` in the config)")
             return
         keys = sorted({p.key_a for p in pairs} | {p.key_b for p in pairs})
         by_key = st.lfw.by_key
