@@ -101,6 +101,10 @@ def test_cli(lfw_bits, tmp_path):
     summary = json.loads((tmp_path / "y" / "summary.json").read_text())
     assert summary["params"] == {"steps": 2} and summary["attack"] == "bim"
     assert all(p["linf_8bit"] <= 1.0 + 1e-4 for p in summary["photos"])  # float32 sums
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "z"), "--eps", "4", "--min-eps",
+                              "--param", "steps=3"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count(" from eps ") + res.output.count(" up to eps 4/255") == 2
 
 
 def test_unusable_gallery_images_are_listed_not_dropped(lfw_bits, tmp_path):
@@ -118,3 +122,26 @@ def test_unusable_gallery_images_are_listed_not_dropped(lfw_bits, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["gallery_skipped"]) == 1 and "Abdullah_Gul_0099.jpg" in said[0]
     assert summary["gallery_images"] == len(list(gallery.glob("*/*.jpg"))) - 1
+
+
+def test_min_eps_finds_the_smallest_fooling_budget(lfw_bits, tmp_path):
+    """By how little: the image at the found eps fools the model (on the saved file), and the
+    same attack one grey level lower does not (bisection tested exactly that budget)."""
+    photo = _photos(lfw_bits)[1:]
+    kw = {"cache_dir": lfw_bits["cache"], "progress": False, "goal": "impersonation",
+          "target": "Aaron_Peirsol", "params": {"steps": 5}}
+    (o,) = attack_photos(photo, lfw_bits["gallery"], tmp_path / "min", eps_8bit=8,
+                         search_min_eps=True, **kw)
+    summary = json.loads((tmp_path / "min" / "summary.json").read_text())
+    assert summary["min_eps_grid_8bit"] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert o.success and o.min_eps_8bit is not None and 1 < o.min_eps_8bit <= 8
+    assert o.linf_8bit <= o.min_eps_8bit + 1e-4
+    (below,) = attack_photos(photo, lfw_bits["gallery"], tmp_path / "below",
+                             eps_8bit=o.min_eps_8bit - 1, **kw)
+    assert not below.success
+    (at,) = attack_photos(photo, lfw_bits["gallery"], tmp_path / "at",
+                          eps_8bit=o.min_eps_8bit, **kw)
+    assert at.success
+    with pytest.raises(ConfigError, match="minimal-eps search"):
+        attack_photos(photo, lfw_bits["gallery"], tmp_path / "x", attack="cw", norm="l2",
+                      eps_8bit=None, search_min_eps=True, cache_dir=lfw_bits["cache"])

@@ -94,6 +94,9 @@ def photos(
         "~/.cache/advface)")] = None,
     no_budget: Annotated[bool, typer.Option(
         "--no-budget", help="minimum-norm attacks (cw, deepfool) without an eps cap")] = False,
+    min_eps: Annotated[bool, typer.Option(
+        "--min-eps", help="by how little: binary-search each photo's smallest fooling budget "
+        "up to --eps (whole grey levels for linf, eighths of --eps for l2)")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Attack a few photos against a gallery folder: can they be changed invisibly so the model
@@ -104,9 +107,13 @@ def photos(
         photo, gallery, out, model=model, attack=attack, norm=norm,
         eps_8bit=None if no_budget else eps, goal=goal, identity=identity, target=target,
         params=_parse_params(param or []), seed=seed, cache_dir=cache, aligned=aligned,
-        progress=progress, log=lambda message: typer.echo(message, err=True))
+        search_min_eps=min_eps, progress=progress,
+        log=lambda message: typer.echo(message, err=True))
     for o in outcomes:
         verdict = "FOOLED" if o.success else "not fooled"
+        if min_eps:
+            verdict += (f" from eps {o.min_eps_8bit:g}/255" if o.min_eps_8bit is not None
+                        else f" up to eps {eps:g}/255")
         typer.echo(f"{o.photo}: {o.clean_top[0][0]} -> {o.adv_top[0][0]}  {verdict} "
                    f"({o.goal} {o.label}); L-inf {o.linf_8bit:.2f}/255, L2 {o.l2_8bit:.1f}/255, "
                    f"SSIM {o.ssim:.4f}, PSNR {o.psnr:.1f} dB")

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from advface.align.dlib_align import AlignParams
 from advface.errors import ConfigError, DataError
 
+ALIGN = AlignParams()  # photos are aligned exactly as build_chips aligns the gallery
 GOALS = ("dodging", "impersonation")
 PER_IMAGE_ATTACKS = ("fgsm", "bim", "pgd", "mifgsm", "cw", "deepfool", "square", "noise")
 
@@ -48,6 +50,7 @@ class PhotoOutcome:
     psnr: float
     iterations: int | None
     queries: int | None
+    min_eps_8bit: float | None = None
 
 
 def _photo_chip(path: Path, aligner: Any, size: int, aligned: bool) -> tuple[torch.Tensor, str]:
@@ -94,6 +97,121 @@ def _diff_x10(clean: torch.Tensor, adv: torch.Tensor) -> np.ndarray:
     return np.clip(128 + 10 * (a - c), 0, 255).astype(np.uint8)
 
 
+def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal: str,
+                   target: str | None, norm: str, search_min_eps: bool) -> list[float]:
+    """Refuse a request that cannot work before any work is done; the min-eps grid (8-bit)."""
+    from advface.attacks.registry import attack_class
+
+    if not photos:
+        raise ConfigError("no photos given", fix="name at least one image file")
+    if goal not in GOALS:
+        raise ConfigError(f"unknown goal {goal!r}", fix=f"use one of {', '.join(GOALS)}")
+    if goal == "impersonation" and target is None:
+        raise ConfigError("impersonation needs a target identity",
+                          fix="pass --target with a gallery folder name")
+    if goal == "dodging" and target is not None:
+        raise ConfigError("--target is for impersonation", fix="pass --goal impersonation")
+    if attack not in PER_IMAGE_ATTACKS:
+        raise ConfigError(f"attack {attack!r} cannot attack single photos",
+                          fix=f"use one of {', '.join(PER_IMAGE_ATTACKS)}")
+    minimum_norm = attack_class(attack).minimum_norm
+    if eps_8bit is None and not minimum_norm:
+        raise ConfigError(f"attack {attack!r} needs a budget", fix="pass --eps")
+    if not search_min_eps:
+        return []
+    if eps_8bit is None or minimum_norm:
+        raise ConfigError("the minimal-eps search needs a fixed-budget attack and --eps as its "
+                          "largest budget", fix="C&W and DeepFool already return minimal "
+                          "perturbations: drop --min-eps for them")
+    grid = ([float(e) for e in range(1, int(eps_8bit) + 1)] if norm == "linf"
+            else [eps_8bit * k / 8 for k in range(1, 9)])
+    if not grid:
+        raise ConfigError(f"no whole grey level up to eps {eps_8bit:g}", fix="give --eps 1 or more")
+    return grid
+
+
+def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
+                    log: Callable[[str], None]) -> tuple[Any, int, list[str]]:
+    """The model + the aligned, embedded gallery folder as one score module; its image count
+    and the gallery images that could not be used."""
+    from advface.align.chips import build_chips
+    from advface.data.lfw import open_lfw
+    from advface.identify.embeddings import embed
+    from advface.identify.gallery import Gallery, GalleryScorer
+    from advface.models.registry import load_face_model
+
+    if not gallery_dir.is_dir():
+        raise DataError("gallery folder not found", path=gallery_dir,
+                        fix="give a folder of identity/image sub-folders")
+    records = open_lfw(gallery_dir, cache).records
+    chips = build_chips(records, cache, upsample=ALIGN.upsample, progress=progress)
+    skipped = [str(p) for p in chips.problems]
+    for line in skipped:
+        log(f"skipped gallery image: {line}")
+    if not len(chips):
+        raise DataError("no usable gallery image", path=gallery_dir,
+                        fix="put images in identity/image sub-folders")
+    net = load_face_model(model)
+    emb = embed(net, chips, chips.keys, cache_dir=cache, progress=progress)
+    return GalleryScorer(net, Gallery.from_keys(emb, chips.keys, net.metric)), len(chips), skipped
+
+
+def _goal(goal: str, identity: str | None, target: str | None, decided: torch.Tensor,
+          names: list[str], gallery_dir: Path) -> tuple[Any, torch.Tensor, str]:
+    """(goal object, label per photo, where the label came from)."""
+    from advface.attacks.base import Dodging, Impersonation
+
+    if goal == "impersonation":
+        labels = torch.full_like(decided, _index_of(str(target), names, "target", gallery_dir))
+        return Impersonation(labels), labels, "target"
+    if identity is not None:
+        labels = torch.full_like(decided, _index_of(identity, names, "identity", gallery_dir))
+        return Dodging(labels), labels, "given"
+    return Dodging(decided.clone()), decided.clone(), "clean decision"
+
+
+def _run_attack(attack: str, params: dict[str, Any], norm: str, eps_8bit: float | None,
+                grid255: list[float], scorer: Any, clean: torch.Tensor, goal_obj: Any,
+                seed: int) -> tuple[torch.Tensor, list[float | None], list[int | None],
+                                    list[int | None]]:
+    """(adversarial images, minimal eps found or None, iterations, queries) per photo."""
+    from advface.attacks.registry import create
+    from advface.attacks.sweep import eps_grid_8bit, minimal_eps
+
+    n = clean.shape[0]
+    if grid255:
+        found = minimal_eps(lambda b: create(attack, b, **params), scorer, clean, goal_obj,
+                            eps_grid_8bit(grid255), norm=norm, seed=seed)  # type: ignore[arg-type]
+        mins = [round(float(v) * 255.0, 6) if math.isfinite(float(v)) else None
+                for v in found.min_eps]
+        return found.adv, mins, [None] * n, [None] * n
+    res = create(attack, _budget(norm, eps_8bit), **params).run(scorer, clean, goal_obj,
+                                                                 seed=seed)
+    iters = [None] * n if res.iterations is None else [int(v) for v in res.iterations]
+    queries = [None] * n if res.queries is None else [int(v) for v in res.queries]
+    return res.adv, [None] * n, iters, queries
+
+
+def _budget(norm: str, eps_8bit: float | None) -> Any:
+    from advface.attacks.base import Budget
+
+    if eps_8bit is None:
+        return Budget(norm, math.inf)  # type: ignore[arg-type]
+    return Budget.from_8bit(norm, eps_8bit)  # type: ignore[arg-type]
+
+
+def _stems(photos: list[Path]) -> list[str]:
+    """File-name stems, distinct even for photos that share a name."""
+    stems: list[str] = []
+    for p in photos:
+        stem, n = Path(p).stem, 1
+        while stem in stems:
+            n += 1
+            stem = f"{Path(p).stem}-{n}"
+        stems.append(stem)
+    return stems
+
+
 def attack_photos(
     photos: list[Path],
     gallery_dir: Path,
@@ -110,6 +228,7 @@ def attack_photos(
     seed: int = 0,
     cache_dir: Path | None = None,
     aligned: bool = False,
+    search_min_eps: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> list[PhotoOutcome]:
@@ -118,119 +237,66 @@ def attack_photos(
     Dodging needs the photos' true identity: ``identity`` (one gallery folder name for all the
     photos) or, by default, the model's decision on each clean chip, so success means "no longer
     recognised as whom it recognised". Impersonation needs ``target``. ``eps_8bit`` is the
-    budget in 8-bit units (``None`` for minimum-norm attacks: C&W, DeepFool). Gallery images
-    that could not be used are passed to ``log`` and listed in ``summary.json``.
+    budget in 8-bit units (``None`` for minimum-norm attacks: C&W, DeepFool). With
+    ``search_min_eps`` the answer is "by how little": a binary search over the budgets up to
+    ``eps_8bit`` (every whole grey level for L-inf, eighths of it for L2) finds each photo's
+    smallest fooling budget, and the files show the image found there. Gallery images that could
+    not be used are passed to ``log`` and listed in ``summary.json``.
     """
-    from advface.align.chips import build_chips
-    from advface.align.dlib_align import AlignParams, DlibAligner
-    from advface.attacks.base import Budget, Dodging, Impersonation
-    from advface.attacks.registry import attack_class, create
+    from advface.align.dlib_align import DlibAligner
+    from advface.attacks.registry import create
     from advface.data.images import load_png, save_png
-    from advface.data.lfw import open_lfw
-    from advface.identify.embeddings import embed
-    from advface.identify.gallery import Gallery, GalleryScorer
     from advface.metrics.perturbation import perturbation_metrics
-    from advface.models.registry import load_face_model
     from advface.paths import default_cache_dir
 
-    if not photos:
-        raise ConfigError("no photos given", fix="name at least one image file")
-    if goal not in GOALS:
-        raise ConfigError(f"unknown goal {goal!r}", fix=f"use one of {', '.join(GOALS)}")
-    if goal == "impersonation" and target is None:
-        raise ConfigError("impersonation needs a target identity",
-                          fix="pass --target with a gallery folder name")
-    if goal == "dodging" and target is not None:
-        raise ConfigError("--target is for impersonation", fix="pass --goal impersonation")
-    if attack not in PER_IMAGE_ATTACKS:
-        raise ConfigError(f"attack {attack!r} cannot attack single photos",
-                          fix=f"use one of {', '.join(PER_IMAGE_ATTACKS)}")
-    if eps_8bit is None and not attack_class(attack).minimum_norm:
-        raise ConfigError(f"attack {attack!r} needs a budget", fix="pass --eps")
-    budget = (Budget(norm, math.inf) if eps_8bit is None  # type: ignore[arg-type]
-              else Budget.from_8bit(norm, eps_8bit))  # type: ignore[arg-type]
-    attacker = create(attack, budget, **(params or {}))
-
+    params = dict(params or {})
+    grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
+    create(attack, _budget(norm, eps_8bit), **params)  # bad hyper-parameters: fail now
     cache = (cache_dir or default_cache_dir()).expanduser()
     gallery_dir = Path(gallery_dir).expanduser()
-    if not gallery_dir.is_dir():
-        raise DataError("gallery folder not found", path=gallery_dir,
-                        fix="give a folder of identity/image sub-folders")
-    records = open_lfw(gallery_dir, cache).records
-    params_align = AlignParams()
-    chips = build_chips(records, cache, upsample=params_align.upsample, progress=progress)
-    skipped = [str(p) for p in chips.problems]
-    for line in skipped:
-        log(f"skipped gallery image: {line}")
-    if not len(chips):
-        raise DataError("no usable gallery image", path=gallery_dir,
-                        fix="put images in identity/image sub-folders")
-    net = load_face_model(model)
-    keys = chips.keys
-    emb = embed(net, chips, keys, cache_dir=cache, progress=progress)
-    gallery = Gallery.from_keys(emb, keys, net.metric)
-    scorer = GalleryScorer(net, gallery)
-    names = gallery.identity_names
+    scorer, n_gallery, skipped = _gallery_scorer(gallery_dir, model, cache, progress, log)
+    names = scorer.identity_names
 
-    aligner = None if aligned else DlibAligner(params_align)
-    made = [_photo_chip(Path(p).expanduser(), aligner, params_align.size, aligned)
-            for p in photos]
+    aligner = None if aligned else DlibAligner(ALIGN)
+    made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
     clean = torch.stack([c for c, _ in made])
     with torch.no_grad():
         clean_scores = scorer(clean)
-    decided = clean_scores.argmax(dim=1)
-    if goal == "impersonation":
-        label_idx = torch.full_like(decided, _index_of(str(target), names, "target",
-                                                        gallery_dir))
-        goal_obj: Dodging | Impersonation = Impersonation(label_idx)
-        label_from = "target"
-    elif identity is not None:
-        label_idx = torch.full_like(decided, _index_of(identity, names, "identity",
-                                                        gallery_dir))
-        goal_obj, label_from = Dodging(label_idx), "given"
-    else:
-        label_idx, label_from = decided.clone(), "clean decision"
-        goal_obj = Dodging(label_idx)
-    res = attacker.run(scorer, clean, goal_obj, seed=seed)
+    goal_obj, labels, label_from = _goal(goal, identity, target, clean_scores.argmax(dim=1),
+                                         names, gallery_dir)
+    adv_made, mins, iters, queries = _run_attack(attack, params, norm, eps_8bit, grid255,
+                                                 scorer, clean, goal_obj, seed)
 
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems: list[str] = []
-    for p in photos:  # distinct file names even for photos that share a stem
-        stem, n = Path(p).stem, 1
-        while stem in stems:
-            n += 1
-            stem = f"{Path(p).stem}-{n}"
-        stems.append(stem)
+    stems = _stems(photos)
     saved = []
     for i, stem in enumerate(stems):
         save_png(out_dir / f"{stem}_clean.png", clean[i])
-        save_png(out_dir / f"{stem}_adv.png", res.adv[i])
-        save_png(out_dir / f"{stem}_diff_x10.png", _diff_x10(clean[i], res.adv[i]))
+        save_png(out_dir / f"{stem}_adv.png", adv_made[i])
+        save_png(out_dir / f"{stem}_diff_x10.png", _diff_x10(clean[i], adv_made[i]))
         saved.append(load_png(out_dir / f"{stem}_adv.png"))
     adv = torch.stack(saved)  # judged as written to disk
     with torch.no_grad():
         adv_scores = scorer(adv)
     success = goal_obj.success(adv_scores)
     pm = perturbation_metrics(clean, adv)
-    outcomes = []
-    for i, stem in enumerate(stems):
-        outcomes.append(PhotoOutcome(
-            photo=str(photos[i]), align_method=made[i][1],
-            clean_png=f"{stem}_clean.png", adv_png=f"{stem}_adv.png",
-            diff_png=f"{stem}_diff_x10.png", goal=goal, label=names[int(label_idx[i])],
-            label_from=label_from, clean_top=_top(clean_scores[i], names),
-            adv_top=_top(adv_scores[i], names), success=bool(success[i]),
-            linf_8bit=float(pm["linf_8bit"][i]), l2_8bit=float(pm["l2_8bit"][i]),
-            ssim=float(pm["ssim"][i]), psnr=float(pm["psnr"][i]),
-            iterations=None if res.iterations is None else int(res.iterations[i]),
-            queries=None if res.queries is None else int(res.queries[i])))
+    outcomes = [PhotoOutcome(
+        photo=str(photos[i]), align_method=made[i][1],
+        clean_png=f"{stem}_clean.png", adv_png=f"{stem}_adv.png",
+        diff_png=f"{stem}_diff_x10.png", goal=goal, label=names[int(labels[i])],
+        label_from=label_from, clean_top=_top(clean_scores[i], names),
+        adv_top=_top(adv_scores[i], names), success=bool(success[i]),
+        linf_8bit=float(pm["linf_8bit"][i]), l2_8bit=float(pm["l2_8bit"][i]),
+        ssim=float(pm["ssim"][i]), psnr=float(pm["psnr"][i]),
+        iterations=iters[i], queries=queries[i], min_eps_8bit=mins[i])
+        for i, stem in enumerate(stems)]
     summary = {
-        "model": model, "metric": gallery.metric, "gallery": str(gallery_dir),
-        "gallery_images": len(keys), "gallery_identities": len(names),
-        "gallery_skipped": skipped,
-        "chance_rank1": 1.0 / len(names), "attack": attack, "norm": norm,
-        "eps_8bit": eps_8bit, "params": params or {}, "seed": seed,
+        "model": model, "metric": scorer.gallery.metric, "gallery": str(gallery_dir),
+        "gallery_images": n_gallery, "gallery_identities": len(names),
+        "gallery_skipped": skipped, "chance_rank1": 1.0 / len(names),
+        "attack": attack, "norm": norm, "eps_8bit": eps_8bit,
+        "min_eps_grid_8bit": grid255 or None, "params": params, "seed": seed,
         "success_rate": float(success.float().mean()),
         "photos": [asdict(o) for o in outcomes],
     }
