@@ -252,14 +252,13 @@ def attack_photos(
     params = dict(params or {})
     grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
     create(attack, _budget(norm, eps_8bit), **params)  # bad hyper-parameters: fail now
+    aligner = None if aligned else DlibAligner(ALIGN)  # photos first: a bad one fails fast
+    made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
+    clean = torch.stack([c for c, _ in made])
     cache = (cache_dir or default_cache_dir()).expanduser()
     gallery_dir = Path(gallery_dir).expanduser()
     scorer, n_gallery, skipped = _gallery_scorer(gallery_dir, model, cache, progress, log)
     names = scorer.identity_names
-
-    aligner = None if aligned else DlibAligner(ALIGN)
-    made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
-    clean = torch.stack([c for c, _ in made])
     with torch.no_grad():
         clean_scores = scorer(clean)
     goal_obj, labels, label_from = _goal(goal, identity, target, clean_scores.argmax(dim=1),
