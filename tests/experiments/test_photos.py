@@ -145,3 +145,13 @@ def test_min_eps_finds_the_smallest_fooling_budget(lfw_bits, tmp_path):
     with pytest.raises(ConfigError, match="minimal-eps search"):
         attack_photos(photo, lfw_bits["gallery"], tmp_path / "x", attack="cw", norm="l2",
                       eps_8bit=None, search_min_eps=True, cache_dir=lfw_bits["cache"])
+
+
+def test_the_gallery_defaults_to_the_data_set(lfw_bits, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVFACE_DATA", str(lfw_bits["gallery"]))
+    res = CliRunner().invoke(app, ["attack", "photos", str(_photos(lfw_bits)[0]), "--out",
+                                   str(tmp_path / "o"), "--cache", str(lfw_bits["cache"]),
+                                   "--param", "steps=2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["gallery"] == str(lfw_bits["gallery"])

@@ -66,10 +66,11 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 def photos(
     photo: Annotated[list[Path], typer.Argument(help="face photos (or aligned chips with "
                                                 "--aligned) to attack")],
-    gallery: Annotated[Path, typer.Option("--gallery", help="folder of identity/image "
-                                          "sub-folders: the enrolled people")],
     out: Annotated[Path, typer.Option("--out", help="folder for the chips, the x10 "
                                       "differences, panel.png and summary.json")],
+    gallery: Annotated[Path | None, typer.Option(
+        "--gallery", help="folder of identity/image sub-folders: the enrolled people (default: "
+        "all of LFW, $ADVFACE_DATA or ../shared/data/lfw)")] = None,
     model: Annotated[str, typer.Option("--model", help="registered model name (dlib) or a "
                                        "model file (.onnx, .dat, ad-hoc .safetensors)")] = "dlib",
     attack: Annotated[str, typer.Option("--attack", help="see `advface attack list`")] = "pgd",

@@ -214,7 +214,7 @@ def _stems(photos: list[Path]) -> list[str]:
 
 def attack_photos(
     photos: list[Path],
-    gallery_dir: Path,
+    gallery_dir: Path | None,
     out_dir: Path,
     *,
     model: str = "dlib",
@@ -234,6 +234,9 @@ def attack_photos(
 ) -> list[PhotoOutcome]:
     """Attack ``photos`` against the gallery folder; files and ``summary.json`` go to ``out_dir``.
 
+    The gallery defaults to the data set (``$ADVFACE_DATA`` or ``../shared/data/lfw``): every
+    LFW image, 5,749 identities.
+
     Dodging needs the photos' true identity: ``identity`` (one gallery folder name for all the
     photos) or, by default, the model's decision on each clean chip, so success means "no longer
     recognised as whom it recognised". Impersonation needs ``target``. ``eps_8bit`` is the
@@ -247,7 +250,7 @@ def attack_photos(
     from advface.attacks.registry import create
     from advface.data.images import load_png, save_png
     from advface.metrics.perturbation import perturbation_metrics
-    from advface.paths import default_cache_dir
+    from advface.paths import default_cache_dir, default_data_dir
 
     params = dict(params or {})
     grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
@@ -256,7 +259,7 @@ def attack_photos(
     made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
     clean = torch.stack([c for c, _ in made])
     cache = (cache_dir or default_cache_dir()).expanduser()
-    gallery_dir = Path(gallery_dir).expanduser()
+    gallery_dir = (default_data_dir() if gallery_dir is None else Path(gallery_dir)).expanduser()
     scorer, n_gallery, skipped = _gallery_scorer(gallery_dir, model, cache, progress, log)
     names = scorer.identity_names
     with torch.no_grad():
