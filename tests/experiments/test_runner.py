@@ -86,6 +86,7 @@ def test_tiny_run_end_to_end(tmp_path: Path, tiny: dict[str, Path]) -> None:
     run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "done" and info["missing_cells"] == []
+    assert info["data"]["lfw"] is True and info["data"]["name"] == "lfw-tiny"
     for model in ("dlib", "adhoc"):
         clean = json.loads((run_dir / "clean" / f"{model}.json").read_text())
         assert clean["n_identities"] == len(info["identity_names"])
@@ -407,7 +408,9 @@ attacks:
     said: list[str] = []
     run_dir = run_experiment(load_experiment(cfg_path), tmp_path / "run", progress=False,
                              log=said.append)
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "done"
+    assert info["data"] == {"image_root": str(folder), "name": "people", "lfw": False}
     skipped = [m for m in said if m.startswith("verification skipped")]
     assert len(skipped) == 1 and "pairs.txt" in skipped[0]
     assert "verification: false" in skipped[0]

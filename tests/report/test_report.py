@@ -167,6 +167,24 @@ def test_text_changes_with_the_data(tmp_path: Path, fake_run: Path) -> None:
     assert results_a != results_b
 
 
+def test_the_text_names_the_data_set_of_the_run(fresh_run: Path) -> None:
+    """Runs on users' own folders are not called LFW; runs without the record are LFW runs."""
+    import json
+
+    assert "identification on LFW for" in report_text(fresh_run)
+    info_path = fresh_run / "run.json"
+    info = json.loads(info_path.read_text())
+    for name in ("verification/dlib_resnet.json", "verification/adhoc_cnn.json"):
+        (fresh_run / name).unlink(missing_ok=True)
+    info["data"] = {"image_root": "/data/office_staff", "name": "office_staff", "lfw": False}
+    info_path.write_text(json.dumps(info))
+    text = report_text(fresh_run)
+    assert "identification on the data set “office_staff” for" in text
+    assert "on LFW" not in text
+    assert "Images: the data set “office_staff”, read from /data/office_staff" in text
+    assert "which the data set “office_staff” does not have, so it was not measured" in text
+
+
 # ---- gaps ------------------------------------------------------------------------------------
 def test_missing_results_are_listed_via_the_cli(tmp_path: Path) -> None:
     """`advface report RUN_DIR --out ... --no-notebook` on a run with gaps lists them all."""

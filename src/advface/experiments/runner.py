@@ -202,7 +202,10 @@ class Runner:
                             fix="use a new --out directory, or point the config's data_dir "
                             "at the data set this run started with")
         stats = split.stats()
+        root = Path(lfw.image_root)
         self._run_json(split_hash=split.hash, images_hash=images_hash,
+                       data={"image_root": str(root), "name": root.name,
+                             "lfw": root.name.lower().startswith("lfw")},
                        identity_names=identity_names,
                        models=[m.name for m in cfg.models], split_stats=stats,
                        n_probes_attacked=len(probes),

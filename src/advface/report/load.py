@@ -198,6 +198,15 @@ class RunData:
         return [c for c in self.cells if all(getattr(c, k) == v for k, v in criteria.items())]
 
     @property
+    def data_name(self) -> str:
+        """What the run's images are, for prose: "LFW", or the user's folder by name (run.json
+        ``data``; runs from before it was recorded were all LFW)."""
+        data = self.run.get("data")
+        if not isinstance(data, dict) or data.get("lfw", True):
+            return "LFW"
+        return f"the data set “{data.get('name', '?')}”"
+
+    @property
     def n_identities(self) -> int | None:
         """Closed-set size: from run.json identity_names, else from any clean result."""
         if self.identity_names:

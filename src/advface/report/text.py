@@ -218,7 +218,7 @@ def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) 
     n = run.n_identities
     names = [m for m in run.model_names]
     first = (f"We measure how far adversarial images degrade closed-set face identification "
-             f"on LFW for {len(names)} model{'s' if len(names) != 1 else ''} "
+             f"on {run.data_name} for {len(names)} model{'s' if len(names) != 1 else ''} "
              f"({_join(names)})")
     if n:
         first += f" over {n} identities"
@@ -281,8 +281,14 @@ def section_data(run: RunData, sums: list[CellSummary]) -> Section:
     sec = Section("data", "Data and protocol")
     n = run.n_identities
     subsets = split_subsets(run.split)
+    data = run.run.get("data")
+    if isinstance(data, dict) and data.get("image_root"):
+        sec.p(f"Images: {run.data_name}, read from {data['image_root']} (run.json data).")
     if run.config.get("verification", True) is False:
         sec.p("LFW pair verification was switched off in config.yaml (verification: false).")
+    elif not run.verification and run.data_name != "LFW":
+        sec.p(f"Pair verification needs LFW's pairs protocol (pairs.txt), which "
+              f"{run.data_name} does not have, so it was not measured.")
     if n:
         sec.p(f"The closed set has {n} identities (run.json identity_names); a uniformly "
               f"random guess is right with probability 1/{n} = {pct(1 / n)}, the baseline "
