@@ -283,7 +283,8 @@ def section_data(run: RunData, sums: list[CellSummary]) -> Section:
     subsets = split_subsets(run.split)
     data = run.run.get("data")
     if isinstance(data, dict) and data.get("image_root"):
-        sec.p(f"Images: {run.data_name}, read from {data['image_root']} (run.json data).")
+        which = f"LFW ({data.get('name')})" if run.data_name == "LFW" else run.data_name
+        sec.p(f"Images: {which}, read from {data['image_root']} (run.json data).")
     if run.config.get("verification", True) is False:
         sec.p("LFW pair verification was switched off in config.yaml (verification: false).")
     elif not run.verification and run.data_name != "LFW":
