@@ -156,3 +156,21 @@ def test_the_gallery_defaults_to_the_data_set(lfw_bits, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["gallery"] == str(lfw_bits["gallery"])
+
+
+def test_photos_in_batches_give_the_same_images(lfw_bits, tmp_path):
+    """BIM is deterministic per image, so attacking one photo at a time gives the images of
+    attacking both at once (identical here; a few values may differ elsewhere, where batched
+    convolutions round differently and flip a gradient sign)."""
+    kw = {"cache_dir": lfw_bits["cache"], "progress": False, "attack": "bim", "eps_8bit": 2,
+          "params": {"steps": 3}}
+    together = attack_photos(_photos(lfw_bits), lfw_bits["gallery"], tmp_path / "a", **kw)
+    alone = attack_photos(_photos(lfw_bits), lfw_bits["gallery"], tmp_path / "b",
+                          batch_size=1, **kw)
+    for x, y in zip(together, alone, strict=True):
+        same = load_rgb(tmp_path / "a" / x.adv_png) == load_rgb(tmp_path / "b" / y.adv_png)
+        assert same.mean() > 0.99
+        assert x.success == y.success
+    with pytest.raises(ConfigError, match="batch_size"):
+        attack_photos(_photos(lfw_bits), lfw_bits["gallery"], tmp_path / "c", batch_size=0,
+                      cache_dir=lfw_bits["cache"])

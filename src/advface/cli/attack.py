@@ -88,6 +88,8 @@ def photos(
         "--param", help="attack hyper-parameter KEY=VALUE, repeatable (`advface attack show "
         "NAME`)")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="photos attacked at once (memory)")] = 16,
     aligned: Annotated[bool, typer.Option(
         "--aligned", help="the photos already are 150x150 dlib chips")] = False,
     cache: Annotated[Path | None, typer.Option(
@@ -108,7 +110,7 @@ def photos(
         photo, gallery, out, model=model, attack=attack, norm=norm,
         eps_8bit=None if no_budget else eps, goal=goal, identity=identity, target=target,
         params=_parse_params(param or []), seed=seed, cache_dir=cache, aligned=aligned,
-        search_min_eps=min_eps, progress=progress,
+        search_min_eps=min_eps, batch_size=batch_size, progress=progress,
         log=lambda message: typer.echo(message, err=True))
     for o in outcomes:
         verdict = "FOOLED" if o.success else "not fooled"

@@ -192,6 +192,20 @@ def _run_attack(attack: str, params: dict[str, Any], norm: str, eps_8bit: float 
     return res.adv, [None] * n, iters, queries
 
 
+def _in_batches(photos: int, batch_size: int, progress: bool, what: str) -> list[slice]:
+    from tqdm import tqdm
+
+    starts = range(0, photos, batch_size)
+    return [slice(i, i + batch_size) for i in tqdm(starts, desc=what, unit="batch",
+                                                    disable=not progress or len(starts) < 2)]
+
+
+def _scores(scorer: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([scorer(images[i:i + batch_size])
+                          for i in range(0, images.shape[0], batch_size)])
+
+
 def _budget(norm: str, eps_8bit: float | None) -> Any:
     from advface.attacks.base import Budget
 
@@ -229,6 +243,7 @@ def attack_photos(
     cache_dir: Path | None = None,
     aligned: bool = False,
     search_min_eps: bool = False,
+    batch_size: int = 16,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> list[PhotoOutcome]:
@@ -243,7 +258,8 @@ def attack_photos(
     budget in 8-bit units (``None`` for minimum-norm attacks: C&W, DeepFool). With
     ``search_min_eps`` the answer is "by how little": a binary search over the budgets up to
     ``eps_8bit`` (every whole grey level for L-inf, eighths of it for L2) finds each photo's
-    smallest fooling budget, and the files show the image found there. Gallery images that could
+    smallest fooling budget, and the files show the image found there. Photos are attacked
+    ``batch_size`` at a time (memory stays bounded for many photos). Gallery images that could
     not be used are passed to ``log`` and listed in ``summary.json``.
     """
     from advface.align.dlib_align import DlibAligner
@@ -253,6 +269,9 @@ def attack_photos(
     from advface.paths import default_cache_dir, default_data_dir
 
     params = dict(params or {})
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}",
+                          fix="pass --batch-size 1 or more")
     grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
     create(attack, _budget(norm, eps_8bit), **params)  # bad hyper-parameters: fail now
     aligner = None if aligned else DlibAligner(ALIGN)  # photos first: a bad one fails fast
@@ -262,12 +281,17 @@ def attack_photos(
     gallery_dir = (default_data_dir() if gallery_dir is None else Path(gallery_dir)).expanduser()
     scorer, n_gallery, skipped = _gallery_scorer(gallery_dir, model, cache, progress, log)
     names = scorer.identity_names
-    with torch.no_grad():
-        clean_scores = scorer(clean)
+    clean_scores = _scores(scorer, clean, batch_size)
     goal_obj, labels, label_from = _goal(goal, identity, target, clean_scores.argmax(dim=1),
                                          names, gallery_dir)
-    adv_made, mins, iters, queries = _run_attack(attack, params, norm, eps_8bit, grid255,
-                                                 scorer, clean, goal_obj, seed)
+    adv_made, mins, iters, queries = clean.clone(), [], [], []
+    for part in _in_batches(len(photos), batch_size, progress, f"{attack} photos"):
+        made_part = _run_attack(attack, params, norm, eps_8bit, grid255, scorer, clean[part],
+                                goal_obj[part], seed)
+        adv_made[part] = made_part[0]
+        mins += made_part[1]
+        iters += made_part[2]
+        queries += made_part[3]
 
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,8 +303,7 @@ def attack_photos(
         save_png(out_dir / f"{stem}_diff_x10.png", _diff_x10(clean[i], adv_made[i]))
         saved.append(load_png(out_dir / f"{stem}_adv.png"))
     adv = torch.stack(saved)  # judged as written to disk
-    with torch.no_grad():
-        adv_scores = scorer(adv)
+    adv_scores = _scores(scorer, adv, batch_size)
     success = goal_obj.success(adv_scores)
     pm = perturbation_metrics(clean, adv)
     outcomes = [PhotoOutcome(
