@@ -75,9 +75,9 @@ def photos(
                                        "model file (.onnx, .dat, ad-hoc .safetensors)")] = "dlib",
     attack: Annotated[str, typer.Option("--attack", help="see `advface attack list`")] = "pgd",
     norm: Annotated[str, typer.Option("--norm", help="linf or l2")] = "linf",
-    eps: Annotated[float | None, typer.Option(
-        "--eps", help="budget in 8-bit units (L-inf grey levels, or L2 norm x255); omit for "
-        "cw/deepfool to get their minimal perturbation")] = 8.0,
+    eps: Annotated[float, typer.Option(
+        "--eps", min=0.0, help="budget in 8-bit units (L-inf grey levels, or L2 norm x255); "
+        "cw/deepfool cap their minimal perturbation at it unless --no-budget")] = 8.0,
     goal: Annotated[str, typer.Option("--goal", help="dodging or impersonation")] = "dodging",
     identity: Annotated[str | None, typer.Option(
         "--identity", help="dodging: the photos' true identity (default: the model's "
