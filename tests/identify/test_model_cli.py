@@ -58,3 +58,20 @@ def test_unknown_model_is_a_clean_error(tiny_lfw_dir, tmp_path):
     )
     assert proc.returncode == 2 and "unknown face model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_align_says_which_images_were_realigned(tmp_path):
+    import shutil
+
+    from advface.data.synthetic import make_tiny_lfw
+
+    data = make_tiny_lfw(tmp_path / "data", n_people=2, images_per_person=(2, 2), size=96)
+    args = ["model", "align", "--data", str(data), "--cache", str(tmp_path / "cache"),
+            "--upsample", "0", "--workers", "1", "--no-progress"]
+    runner = CliRunner()
+    assert "re-aligned" not in runner.invoke(app, args).output
+    first, second = sorted((data / "lfw-tiny").glob("*/*.jpg"))[:2]
+    shutil.copyfile(second, first)  # another image under the first one's name
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "re-aligned 1 image(s)" in res.output and first.parent.name in res.output
