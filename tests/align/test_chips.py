@@ -312,6 +312,16 @@ def test_cnn_chipset_copies_the_hog_chips_and_aligns_only_the_rest(real_records,
     for key in set(hog.keys) - usable:
         assert cnn.methods[key] in ("fallback", "dlib-cnn")
     assert json.loads((cnn.root / "params.json").read_text())["second_detector"] == "cnn"
+    # The HOG chip of another image under the same name is not copied: that image is aligned.
+    key = real_records[0].key
+    other = tmp_path / "other" / key
+    other.parent.mkdir(parents=True)
+    other.write_bytes(real_records[5].path.read_bytes())
+    aligned.clear()
+    swapped = build_chips([ImageRecord(key, real_records[0].identity, other)], tmp_path,
+                          second_detector="cnn", workers=1, progress=False)
+    assert aligned == [key]
+    assert swapped.path(key).read_bytes() != (hog.root / chip_relpath(key)).read_bytes()
 
 
 

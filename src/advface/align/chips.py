@@ -434,8 +434,9 @@ def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Pat
 
     Where HOG found a usable face, the second detector never runs, so the chip is exactly the
     HOG-only chipset's (same size, padding, upsampling, centre rule and version). It is copied
-    when that chipset has it and its recorded source hash matches the file now; everything else
-    is aligned. Saves re-running HOG on all of LFW just to retry the ~70 images it misses.
+    when that chipset has it and its recorded source still is the file now
+    (:func:`source_matches`); everything else is aligned. Saves re-running HOG on all of LFW
+    just to retry the ~70 images it misses.
     """
     if params.second_detector == "none" or not jobs:
         return jobs
@@ -447,14 +448,8 @@ def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Pat
     for key, src in jobs:
         entry = known.get(key)
         chip = sibling / chip_relpath(key)
-        if entry is None or entry.get("method") != "dlib" or not chip.is_file():
-            rest.append((key, src))
-            continue
-        try:
-            digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
-        except OSError:
-            digest = None
-        if digest != entry.get("source_sha256"):
+        if (entry is None or entry.get("method") != "dlib" or not chip.is_file()
+                or not source_matches(entry, src)[0]):
             rest.append((key, src))
             continue
         entry = {**entry, "source_mtime_ns": _mtime_ns(src)}
