@@ -35,6 +35,7 @@ def test_budget_from_8bit_units() -> None:
     assert Budget.from_8bit("linf", 3).effective_eps == pytest.approx(3 / 255)
     assert Budget.from_8bit("l2", 255).eps == pytest.approx(1.0)
     assert Budget.from_8bit("l2", 2.5).effective_eps == pytest.approx(2.5 / 255)
+    assert Budget.from_8bit("l2", None) == Budget("l2", math.inf)  # unbounded: min-norm attacks
     with pytest.raises(AdvfaceError):
         Budget("l1", 0.1)  # type: ignore[arg-type]
     with pytest.raises(AdvfaceError):

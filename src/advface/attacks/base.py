@@ -58,8 +58,9 @@ class Budget:
             raise AdvfaceError(f"eps must be >= 0, got {self.eps}", fix="give a non-negative eps")
 
     @classmethod
-    def from_8bit(cls, norm: Norm, eps255: float) -> Budget:
-        """Budget with eps given in 8-bit pixel units.
+    def from_8bit(cls, norm: Norm, eps255: float | None) -> Budget:
+        """Budget with eps given in 8-bit pixel units; ``None`` is unbounded (``inf``: what
+        minimum-norm attacks run with when no eps is given).
 
         L-inf: ``eps255=2`` allows every pixel to move by at most 2 grey levels, i.e. eps = 2/255.
         L2: ``eps255`` is the Euclidean norm, per image over all 3*H*W values, of the
@@ -68,7 +69,7 @@ class Budget:
         ``from_8bit("l2", 255)`` allows changing one pixel channel from black to white, or 9
         channels by 85 grey levels each.
         """
-        return cls(norm, float(eps255) / 255.0)
+        return cls(norm, math.inf if eps255 is None else float(eps255) / 255.0)
 
     @property
     def eps255(self) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,48 +170,38 @@ def _goal(goal: str, identity: str | None, target: str | None, decided: torch.Te
     return Dodging(decided.clone()), decided.clone(), "clean decision"
 
 
-def _run_attack(attack: str, params: dict[str, Any], norm: str, eps_8bit: float | None,
-                grid255: list[float], scorer: Any, clean: torch.Tensor, goal_obj: Any,
-                seed: int) -> tuple[torch.Tensor, list[float | None], list[int | None],
-                                    list[int | None]]:
-    """(adversarial images, minimal eps found or None, iterations, queries) per photo."""
-    from advface.attacks.registry import create
+def _run_attack(build: Callable[[Any], Any], attacker: Any, grid255: list[float], scorer: Any,
+                clean: torch.Tensor, goal_obj: Any, seed: int
+                ) -> tuple[torch.Tensor, list[float | None], list[int | None], list[int | None]]:
+    """(adversarial images, minimal eps found or None, iterations, queries) per photo: one run
+    of ``attacker``, or with a min-eps grid a search over attacks ``build`` makes per budget."""
     from advface.attacks.sweep import eps_grid_8bit, minimal_eps
 
     n = clean.shape[0]
     if grid255:
-        found = minimal_eps(lambda b: create(attack, b, **params), scorer, clean, goal_obj,
-                            eps_grid_8bit(grid255), norm=norm, seed=seed)  # type: ignore[arg-type]
+        found = minimal_eps(build, scorer, clean, goal_obj, eps_grid_8bit(grid255),
+                            norm=attacker.budget.norm, seed=seed)
         mins = [round(float(v) * 255.0, 6) if math.isfinite(float(v)) else None
                 for v in found.min_eps]
         return found.adv, mins, [None] * n, [None] * n
-    res = create(attack, _budget(norm, eps_8bit), **params).run(scorer, clean, goal_obj,
-                                                                 seed=seed)
+    res = attacker.run(scorer, clean, goal_obj, seed=seed)
     iters = [None] * n if res.iterations is None else [int(v) for v in res.iterations]
     queries = [None] * n if res.queries is None else [int(v) for v in res.queries]
     return res.adv, [None] * n, iters, queries
 
 
-def _in_batches(photos: int, batch_size: int, progress: bool, what: str) -> list[slice]:
+def _in_batches(photos: int, batch_size: int, progress: bool, what: str) -> Iterable[slice]:
+    """Slices of ``batch_size`` photos, with a progress bar that advances as they are used."""
     from tqdm import tqdm
 
-    starts = range(0, photos, batch_size)
-    return [slice(i, i + batch_size) for i in tqdm(starts, desc=what, unit="batch",
-                                                    disable=not progress or len(starts) < 2)]
+    parts = [slice(i, i + batch_size) for i in range(0, photos, batch_size)]
+    return tqdm(parts, desc=what, unit="batch", disable=not progress or len(parts) < 2)
 
 
 def _scores(scorer: Any, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([scorer(images[i:i + batch_size])
                           for i in range(0, images.shape[0], batch_size)])
-
-
-def _budget(norm: str, eps_8bit: float | None) -> Any:
-    from advface.attacks.base import Budget
-
-    if eps_8bit is None:
-        return Budget(norm, math.inf)  # type: ignore[arg-type]
-    return Budget.from_8bit(norm, eps_8bit)  # type: ignore[arg-type]
 
 
 def _stems(photos: list[Path]) -> list[str]:
@@ -263,7 +253,8 @@ def attack_photos(
     not be used are passed to ``log`` and listed in ``summary.json``.
     """
     from advface.align.dlib_align import DlibAligner
-    from advface.attacks.registry import create
+    from advface.attacks.base import Budget
+    from advface.attacks.registry import factory
     from advface.data.images import load_png, save_png
     from advface.metrics.perturbation import perturbation_metrics
     from advface.paths import default_cache_dir, default_data_dir
@@ -273,7 +264,8 @@ def attack_photos(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}",
                           fix="pass --batch-size 1 or more")
     grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
-    create(attack, _budget(norm, eps_8bit), **params)  # bad hyper-parameters: fail now
+    build = factory(attack, **params)  # bad hyper-parameters fail now, before any work
+    attacker = build(Budget.from_8bit(norm, eps_8bit))  # type: ignore[arg-type]
     aligner = None if aligned else DlibAligner(ALIGN)  # photos first: a bad one fails fast
     made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
     clean = torch.stack([c for c, _ in made])
@@ -286,8 +278,8 @@ def attack_photos(
                                          names, gallery_dir)
     adv_made, mins, iters, queries = clean.clone(), [], [], []
     for part in _in_batches(len(photos), batch_size, progress, f"{attack} photos"):
-        made_part = _run_attack(attack, params, norm, eps_8bit, grid255, scorer, clean[part],
-                                goal_obj[part], seed)
+        made_part = _run_attack(build, attacker, grid255, scorer, clean[part], goal_obj[part],
+                                seed)
         adv_made[part] = made_part[0]
         mins += made_part[1]
         iters += made_part[2]

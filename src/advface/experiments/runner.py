@@ -398,9 +398,7 @@ class Runner:
         from advface.attacks.base import Budget
         from advface.attacks.registry import create
 
-        budget = Budget(spec.norm, math.inf) if eps255 is None else Budget.from_8bit(
-            spec.norm, eps255)
-        return create(spec.registry_name, budget, **spec.params)
+        return create(spec.registry_name, Budget.from_8bit(spec.norm, eps255), **spec.params)
 
     def _goal_obj(self, goal_name: str, keys: list[str]):
         from advface.attacks.base import Dodging, Impersonation
