@@ -110,6 +110,14 @@ class ChipIndex:
         """``key -> "dlib" | "dlib-cnn" | "fallback"``."""
         return {k: e["method"] for k, e in self.entries.items()}
 
+    def replaced_note(self) -> str | None:
+        """The line to tell the user when this build re-aligned images, else None."""
+        if not self.replaced:
+            return None
+        return (f"re-aligned {len(self.replaced):,} image(s) whose file is not the one their "
+                f"cached chip was made from (e.g. {self.replaced[0]}); give each data set its "
+                "own cache to keep both")
+
     def content_id(self, key: str) -> str:
         """What a key's chip was made from (its source's sha256): caches of anything computed
         from chips key their rows by it, so a re-aligned image never meets a stale row."""

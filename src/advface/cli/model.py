@@ -55,10 +55,8 @@ def _aligned(data: Path | None, cache: Path | None, upsample: int, workers: int,
 
 
 def _say_replaced(chips) -> None:
-    if chips.replaced:
-        typer.echo(f"re-aligned {len(chips.replaced):,} image(s) whose file is not the one "
-                   f"their cached chip was made from (e.g. {chips.replaced[0]}); give each "
-                   "data set its own --cache to keep both", err=True)
+    if note := chips.replaced_note():
+        typer.echo(note, err=True)
 
 
 def _write_json(path: Path | None, obj: object) -> None:

@@ -148,6 +148,8 @@ def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
     skipped = [str(p) for p in chips.problems]
     for line in skipped:
         log(f"skipped gallery image: {line}")
+    if note := chips.replaced_note():
+        log(note)
     if not len(chips):
         raise DataError("no usable gallery image", path=gallery_dir,
                         fix="put images in identity/image sub-folders")

@@ -190,9 +190,8 @@ class Runner:
             raise DataError(f"{len(missing)} images could not be aligned or read "
                             f"(e.g. {missing[:3]})", path=lfw.image_root,
                             fix="see the problems listed by `advface data validate`")
-        if chips.replaced:
-            self.log(f"re-aligned {len(chips.replaced)} image(s) whose file is not the one "
-                     f"their cached chip was made from (e.g. {chips.replaced[0]})")
+        if note := chips.replaced_note():
+            self.log(note)
         images_hash = chips.content_hash(needed)
         started_with = info.get("images_hash")
         if started_with is not None and started_with != images_hash:
