@@ -142,7 +142,7 @@ def _source(cfg: TrainDataConfig, records: dict[str, ImageRecord]):
             return [index.content_id(k) for k in keys]
 
         def load_chips(keys: list[str]) -> np.ndarray:
-            chip_contents(keys)
+            # prepare_data has checked these keys with chip_contents (it keys the cache)
             out = np.empty((len(keys), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
             for i, k in enumerate(tqdm(keys, desc="loading chips", unit="img", leave=False)):
                 out[i] = index.load_uint8([k])[0]
