@@ -524,12 +524,9 @@ class Runner:
                     "(it resumes in order), or delete the run directory to start over")
             prev.append(load_png(path))
         start = torch.stack(prev).to(clean.device)
-        size = float(norm_of(start - clean, attack.budget.norm).amax()) * 255.0
-        if attack.budget.norm == "linf":
-            size, allowed = round(size), math.floor(prev_eps + 1e-6)
-        else:
-            allowed = prev_eps * (1 + 1e-5)
-        if size > allowed:
+        budget = attack.budget.with_eps(prev_eps / 255.0)
+        size = float(norm_of(start - clean, budget.norm).amax()) * 255.0
+        if size > budget.effective_eps * 255.0 * (1 + 1e-5):  # float error, not a grey level
             raise AdvfaceError(
                 f"the saved adversarials in {self.run_dir / 'images' / 'adv' / prev_cid} differ "
                 f"from their clean probes by {size:g}/255 ({attack.budget.norm}), more than that "
