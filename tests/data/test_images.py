@@ -185,3 +185,16 @@ def test_presets() -> None:
     assert all(p.description for p in im.PRESETS.values())
     with pytest.raises(ConfigError, match="lfw-center-150"):
         im.get_preset("lfw-centre-150")
+
+
+def test_signed_difference_around_mid_grey() -> None:
+    from advface.data.images import signed_difference
+
+    clean = np.full((2, 2, 3), 100, np.uint8)
+    adv = clean.copy()
+    adv[0, 0, 0], adv[0, 1, 1], adv[1, 0, 2] = 102, 99, 255
+    got = signed_difference(clean, adv)
+    assert got.dtype == np.uint8 and got[1, 1].tolist() == [128, 128, 128]
+    assert got[0, 0, 0] == 148 and got[0, 1, 1] == 118 and got[1, 0, 2] == 255  # clipped
+    with pytest.raises(TypeError, match="uint8"):
+        signed_difference(clean.astype(np.float32), adv)

@@ -140,6 +140,16 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr.numpy())
 
 
+def signed_difference(clean: np.ndarray, adv: np.ndarray, gain: int = 10) -> np.ndarray:
+    """``adv - clean`` of two uint8 images amplified ``gain`` times around mid-grey (128 =
+    unchanged), as uint8: at 1-2/255 the sign pattern shows where and how an image moved,
+    where an amplified magnitude on black would still look black."""
+    _check_uint8_hwc(clean)
+    _check_uint8_hwc(adv)
+    diff = 128 + gain * (adv.astype(np.int16) - clean.astype(np.int16))
+    return np.clip(diff, 0, 255).astype(np.uint8)
+
+
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Snap to what an 8-bit PNG would store: ``round(clamp(x, 0, 1) * 255) / 255``, same dtype."""
     return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0

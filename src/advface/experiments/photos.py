@@ -88,15 +88,6 @@ def _top(scores: torch.Tensor, names: list[str], k: int = 3) -> list[tuple[str, 
     return [(names[int(i)], round(float(v), 4)) for v, i in zip(vals, idx, strict=True)]
 
 
-def _diff_x10(clean: torch.Tensor, adv: torch.Tensor) -> np.ndarray:
-    """Signed difference x10 around mid-grey (the convention of the report's grids)."""
-    from advface.data.images import to_uint8
-
-    c = to_uint8(clean).astype(np.int16)
-    a = to_uint8(adv).astype(np.int16)
-    return np.clip(128 + 10 * (a - c), 0, 255).astype(np.uint8)
-
-
 def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal: str,
                    target: str | None, norm: str, search_min_eps: bool) -> list[float]:
     """Refuse a request that cannot work before any work is done; the min-eps grid (8-bit)."""
@@ -257,7 +248,7 @@ def attack_photos(
     from advface.align.dlib_align import DlibAligner
     from advface.attacks.base import Budget
     from advface.attacks.registry import factory
-    from advface.data.images import load_png, save_png
+    from advface.data.images import load_png, save_png, signed_difference, to_uint8
     from advface.metrics.perturbation import perturbation_metrics
     from advface.paths import default_cache_dir, default_data_dir
 
@@ -294,7 +285,8 @@ def attack_photos(
     for i, stem in enumerate(stems):
         save_png(out_dir / f"{stem}_clean.png", clean[i])
         save_png(out_dir / f"{stem}_adv.png", adv_made[i])
-        save_png(out_dir / f"{stem}_diff_x10.png", _diff_x10(clean[i], adv_made[i]))
+        save_png(out_dir / f"{stem}_diff_x10.png",
+                 signed_difference(to_uint8(clean[i]), to_uint8(adv_made[i])))
         saved.append(load_png(out_dir / f"{stem}_adv.png"))
     adv = torch.stack(saved)  # judged as written to disk
     adv_scores = _scores(scorer, adv, batch_size)

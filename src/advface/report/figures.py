@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 
+from advface.data.images import signed_difference
 from advface.report import stats as S
 from advface.report.load import GOALS, Cell, Row, RunData, fmt_eps
 
@@ -358,9 +359,7 @@ def fig_adversarial_grid(run: RunData, n_items: int = 2) -> Figure | None:
                 if adv is not None:
                     a_ax.imshow(adv, interpolation="nearest")
                     if clean is not None and adv.shape == clean.shape:
-                        diff = 128 + (adv.astype(np.int16) - clean.astype(np.int16)) * 10
-                        d_ax.imshow(np.clip(diff, 0, 255).astype(np.uint8),
-                                    interpolation="nearest")
+                        d_ax.imshow(signed_difference(clean, adv), interpolation="nearest")
                 else:
                     a_ax.text(0.5, 0.5, "image\nmissing", ha="center", va="center", fontsize=7)
                 pred = run.identity_name(row.adv_pred)
