@@ -46,6 +46,16 @@ def test_load_rgb_converts_modes(tmp_path: Path, mode: str) -> None:
         assert (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
 
 
+def test_a_16_bit_pixel_reads_the_same_whatever_the_brightest_pixel(tmp_path: Path) -> None:
+    dark = np.full((4, 4), 200, dtype=np.uint16)  # 200 of 65535: near black, not grey 200
+    lit = dark.copy()
+    lit[0, 0] = 65535
+    for name, arr in (("dark", dark), ("lit", lit)):
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    a, b = im.load_rgb(tmp_path / "dark.png"), im.load_rgb(tmp_path / "lit.png")
+    assert (a == 1).all() and (b[1:, 1:] == 1).all() and (b[0, 0] == 255).all()
+
+
 def test_alpha_is_flattened_onto_white(tmp_path: Path) -> None:
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 255  # red, fully transparent on the left half

@@ -14,10 +14,11 @@ from advface.config import parse_config
 from advface.defences.adversarial_training import (
     AdvTrainConfig,
     adv_train,
+    load_advtrain_config,
     perturb_batch,
 )
 from advface.defences.evaluate import AttackPlan, evaluate_defence
-from advface.errors import ConfigError
+from advface.errors import CheckpointError, ConfigError
 from advface.interpret.scoring import LogitScorer
 from advface.models.adhoc import AdHocArch, AdHocNet, load_adhoc
 from advface.training.data import prepare_data
@@ -106,3 +107,47 @@ def test_contrastive_models_are_refused(tiny_lfw: Path, tmp_path: Path) -> None:
     cfg = adv_config(tiny_lfw, tmp_path / "c", loss={"kind": "contrastive"})
     with pytest.raises(ConfigError, match="classification head"):
         adv_train(cfg, progress=False)
+
+
+def _init_config(tiny_lfw: Path, out: Path | str, init: Path | str, **data_over
+                 ) -> AdvTrainConfig:
+    td = train_dict(tiny_lfw, out, epochs=2)
+    td["data"].update(data_over)
+    return parse_config({"train": td, "adversarial": {"attack": "fgsm-rs", "eps_8bit": 4,
+                                                      "val_steps": 0,
+                                                      "init_checkpoint": str(init)},
+                         "evaluation": {"eps_8bit": []}}, AdvTrainConfig)
+
+
+def test_init_checkpoint_must_come_from_the_same_split_and_hold_out(
+        tiny_lfw: Path, tmp_path: Path, standard_run: Path) -> None:
+    # Same people, another split: the standard model trained on some of this run's probes.
+    with pytest.raises(CheckpointError, match="another split"):
+        adv_train(_init_config(tiny_lfw, tmp_path / "seed1", standard_run, seed=1),
+                  progress=False, evaluate=False)
+    with pytest.raises(CheckpointError, match="validation"):
+        adv_train(_init_config(tiny_lfw, tmp_path / "val", standard_run, val_fraction=0.3),
+                  progress=False, evaluate=False)
+    done = adv_train(_init_config(tiny_lfw, tmp_path / "ok", standard_run), progress=False,
+                     evaluate=False)
+    assert done.epochs_completed == 2
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(
+        tiny_lfw: Path, tmp_path: Path, standard_run: Path, monkeypatch) -> None:
+    monkeypatch.chdir(standard_run.parent)
+    cfg = _init_config(tiny_lfw, Path("..") / tmp_path.name / "rel", standard_run.name)
+    part = adv_train(cfg, progress=False, stop_after_epochs=1)
+    assert part.stop_reason == "interrupted"
+    saved = load_advtrain_config(tmp_path / "rel" / "config.yaml")
+    assert Path(saved.adversarial.init_checkpoint) == standard_run.resolve()
+    assert Path(saved.train.data.data_dir).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    resumed = adv_train(saved, resume=True, progress=False, evaluate=False)
+    assert resumed.epochs_completed == 2
+    # A missing init checkpoint is named, not hashed by its path into "another config".
+    gone = _init_config(tiny_lfw, tmp_path / "gone", tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="nowhere"):
+        adv_train(gone, progress=False)
+    with pytest.raises(CheckpointError, match="cannot read the init_checkpoint"):
+        gone.identity_hash()

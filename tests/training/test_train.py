@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 from typer.testing import CliRunner
 
 from advface.config import parse_config
@@ -180,3 +180,44 @@ def test_shipped_presets_are_valid(name: str) -> None:
     assert cfg.time_budget_minutes is not None and cfg.time_budget_minutes <= 20
     assert cfg.data.probes_per_person == 1 and cfg.data.seed == 0
     assert (cfg.loss.kind == "contrastive") == (name == "train_siamese.yaml")
+
+
+def test_resume_keeps_the_runs_own_split_whatever_the_data_now_holds(
+        tiny_lfw: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from advface.errors import DataError
+
+    train(config(tiny_lfw, tmp_path / "run"), progress=False, stop_after_epochs=1)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    # Another copy of the data (data_dir may change on resume) lacking one probe: redrawing
+    # the split would make a training image that person's probe. It is refused instead.
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_lfw, copy, ignore=shutil.ignore_patterns("cache"))
+    probe = split["probes"][0]
+    next(copy.rglob(Path(probe).name)).unlink()
+    with pytest.raises(DataError, match="not in the data set"):
+        train(config(copy, tmp_path / "run"), resume=True, progress=False)
+    assert json.loads((tmp_path / "run" / "split.json").read_text()) == split
+    # The held-out validation images are checked too.
+    held = tmp_path / "run" / "train_split.json"
+    doc = json.loads(held.read_text())
+    doc["val"], doc["train"] = doc["train"][:1], doc["val"] + doc["train"][1:]
+    held.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="hold-out differs"):
+        train(config(tiny_lfw, tmp_path / "run"), resume=True, progress=False)
+
+
+def test_a_run_that_stopped_early_stays_stopped_on_resume(tiny_lfw: Path, tmp_path: Path
+                                                          ) -> None:
+    over = {"epochs": 40, "patience": 1, "lr": 0.5}
+    first = train(config(tiny_lfw, tmp_path / "run", **over), progress=False, evaluate=False)
+    assert first.stop_reason == "early stopping" and first.epochs_completed < 40
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    again = train(config(tiny_lfw, tmp_path / "run", **over), resume=True, progress=False,
+                  evaluate=False)
+    assert again.stop_reason == "early stopping"
+    assert again.epochs_completed == first.epochs_completed
+    before, after = load(weights), load_file(tmp_path / "run" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)

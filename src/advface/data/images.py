@@ -56,10 +56,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(im, dtype=np.float64)
         peak = float(arr.max()) if arr.size else 0.0
-        if im.mode == "F" and peak <= 1.0:
+        if im.mode.startswith("I;16"):
+            # The mode fixes the range: a pixel's value must not depend on the brightest pixel.
+            arr = arr / 257.0
+        elif im.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
         elif peak > 255.0:
-            arr = arr / 257.0  # 16-bit range onto 8-bit
+            arr = arr / 257.0  # 32-bit "I" has no fixed range; values above 8 bits read as 16
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     return im.convert("RGB")

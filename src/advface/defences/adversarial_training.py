@@ -55,7 +55,7 @@ from advface.models.adhoc import (
     save_adhoc,
 )
 from advface.training.augment import augment
-from advface.training.data import PreparedData, prepare_data
+from advface.training.data import PreparedData, TrainDataConfig
 from advface.training.evaluate import format_table
 from advface.training.losses import ClassificationLoss
 from advface.training.train import (
@@ -69,7 +69,9 @@ from advface.training.train import (
     evaluate_prepared,
     lr_at,
     pool_images,
+    prepare_run_data,
     validation_accuracy,
+    with_absolute_paths,
 )
 
 if TYPE_CHECKING:
@@ -139,8 +141,11 @@ def _file_digest(path: Path) -> str:
     weights = path / "model.safetensors" if path.is_dir() else path
     try:
         return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return str(path)
+    except OSError as err:
+        # Hashing the name instead would make a resume look like "another config".
+        raise CheckpointError(f"cannot read the init_checkpoint ({err.strerror or err})",
+                              path=weights, fix="set adversarial.init_checkpoint to a trained "
+                              "model (the run's identity includes its weights)") from err
 
 
 def load_advtrain_config(path: str | Path) -> AdvTrainConfig:
@@ -264,12 +269,35 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
 
 
-def _init_from(model: AdHocNet, path: Path) -> None:
+def _init_from(model: AdHocNet, path: Path, data: PreparedData, data_cfg: TrainDataConfig
+               ) -> None:
+    """Start from a standard model, which must have been trained on this very split.
+
+    Same classes are not enough: another split (another seed, probes_per_person, ...) of the
+    same people puts this run's probes among the images the init model trained on.
+    """
     src = load_adhoc(path)
+    fix = ("fine-tune a model trained with the same data section (seed, min_images_per_person, "
+           "probes_per_person, val_fraction, ...) as this config's train.data")
     if list(src.class_names) != list(model.class_names) or src.arch != model.arch:
         raise CheckpointError(
             "init_checkpoint does not match this training run (classes or architecture)",
-            path=path, fix="fine-tune a model trained with the same train config and split")
+            path=path, fix=fix)
+    trained = src.metadata.get("training") or {}
+    if trained.get("split_hash") != data.split.hash:
+        raise CheckpointError(
+            f"init_checkpoint was trained on another split (split hash "
+            f"{trained.get('split_hash')!r}, this run's {data.split.hash!r}): this run's probes "
+            "could be among its training images", path=path, fix=fix)
+    # The training/validation hold-out is drawn from the gallery by (val_fraction, seed).
+    theirs = (trained.get("config") or {}).get("data") or {}
+    ours = {"val_fraction": data_cfg.val_fraction, "seed": data_cfg.seed}
+    if {k: theirs.get(k) for k in ours} != ours:
+        raise CheckpointError(
+            f"init_checkpoint held out other validation images (its data val_fraction/seed "
+            f"{theirs.get('val_fraction')!r}/{theirs.get('seed')!r}, this run's "
+            f"{ours['val_fraction']!r}/{ours['seed']!r}): this run's validation images could be "
+            "among its training images", path=path, fix=fix)
     model.load_state_dict(src.state_dict())
 
 
@@ -298,6 +326,13 @@ def adv_train(
     if tc.loss.kind == "contrastive":
         raise ConfigError("adversarial training needs a classification head",
                           fix="set train.loss.kind to softmax, cosface or arcface")
+    # Absolute paths: config.yaml in the run folder must point at the same data and model
+    # when it is read back (resume, `defend evaluate --checkpoint`), wherever that happens.
+    tc = with_absolute_paths(tc)
+    if adv.init_checkpoint is not None:
+        adv = adv.model_copy(
+            update={"init_checkpoint": Path(adv.init_checkpoint).expanduser().resolve()})
+    cfg = cfg.model_copy(update={"train": tc, "adversarial": adv})
     out = Path(tc.out_dir)
     torch.set_num_threads(tc.threads)
     state_exists = (out / "state.json").is_file()
@@ -312,16 +347,13 @@ def adv_train(
                 path=out / "config.yaml", fix="resume with that config, or start a new --out")
     out.mkdir(parents=True, exist_ok=True)
 
-    data = prepare_data(tc.data)
-    data.split.save(out / "split.json")
-    _write_json(out / "train_split.json", {"source": data.source_id, "train": data.train_keys,
-                                           "val": data.val_keys})
+    data = prepare_run_data(tc.data, out, resume and state_exists)
     atomic_write_bytes(out / "config.yaml", to_yaml(cfg).encode())
 
     torch.manual_seed(tc.seed)
     model = build_model(tc, data.identities)
     if adv.init_checkpoint is not None and not (resume and state_exists):
-        _init_from(model, Path(adv.init_checkpoint))
+        _init_from(model, Path(adv.init_checkpoint), data, tc.data)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimiser(tc, model)
     loss_fn = ClassificationLoss(tc.loss.kind, tc.loss.scale, tc.loss.margin,
@@ -354,6 +386,10 @@ def adv_train(
                    f"{adv.n_steps()} step(s)) of AdHocNet on {n_train} images of "
                    f"{len(data.identities)} people; {steps_per_epoch} steps/epoch")
     while epoch < tc.epochs:
+        # Checked before an epoch, so that a resumed run which had stopped early stays stopped.
+        if tc.patience is not None and since_best >= tc.patience:
+            stop_reason = "early stopping"
+            break
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             stop_reason = "interrupted"
             break
@@ -449,9 +485,6 @@ def adv_train(
             tqdm.write(f"epoch {epoch:3d}  loss {row['loss']:.4f}  adv-train "
                        f"{row['train_acc']:.3f}  val {val_bal:.3f}  val-robust {rob_bal:.3f}  "
                        f"eps {row['eps255']:.2f}  {seconds:.1f}s")
-        if tc.patience is not None and since_best >= tc.patience:
-            stop_reason = "early stopping"
-            break
 
     model_path = out / "model.safetensors"
     if best_epoch == 0:

@@ -47,7 +47,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from advface.config import ConfigPath, StrictModel, load_yaml, to_yaml
-from advface.errors import CheckpointError, ConfigError
+from advface.errors import CheckpointError, ConfigError, DataError
 from advface.models.adhoc import (
     AdHocArch,
     AdHocNet,
@@ -227,6 +227,37 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
 
 
+def prepare_run_data(data_cfg: TrainDataConfig, out: Path, resuming: bool) -> PreparedData:
+    """The run's data: a fresh run draws the split and writes it; a resumed run reads its own.
+
+    Resuming must never redraw the split from the data as it is now: with one image gone or
+    another copy of the data, a person's probe could be redrawn from images the model has
+    already trained on, and its evaluation would test on training data.
+    """
+    from advface.data.splits import ClosedSetSplit
+
+    if not resuming:
+        data = prepare_data(data_cfg)
+        data.split.save(out / "split.json")
+        _write_json(out / "train_split.json", {"source": data.source_id,
+                                               "train": data.train_keys, "val": data.val_keys})
+        return data
+    data = prepare_data(data_cfg, ClosedSetSplit.load(out / "split.json"))
+    held = out / "train_split.json"
+    try:
+        saved = json.loads(held.read_text(encoding="utf-8"))
+        same = saved["train"] == data.train_keys and saved["val"] == data.val_keys
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"cannot read the run's training/validation hold-out ({err})",
+                        path=held, fix="start the run again in a new --out") from err
+    if not same:
+        raise DataError("the training/validation hold-out differs from the one this run "
+                        "started with", path=held,
+                        fix="resume with the data section the run was started with, or start "
+                        "a new --out")
+    return data
+
+
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     _write_json(out / "history.json", history)
     buf = io.StringIO()
@@ -319,7 +350,7 @@ def _load_state(out: Path, model: AdHocNet, opt: torch.optim.Optimizer) -> dict[
 # --------------------------------------------------------------------------- training
 
 
-def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Absolute paths, so the config.yaml saved in the run folder (whose relative paths would
     resolve against that folder) still points at the same data."""
     paths = {k: Path(v).expanduser().resolve()
@@ -483,7 +514,7 @@ def train(
     """
     if cfg.out_dir is None:
         raise ConfigError("no output folder given", fix="set out_dir in the config or pass --out")
-    cfg = _with_absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)
     out = Path(cfg.out_dir)
     torch.set_num_threads(cfg.threads)
     state_exists = (out / "state.json").is_file()
@@ -500,10 +531,7 @@ def train(
             )
     out.mkdir(parents=True, exist_ok=True)
 
-    data = prepare_data(cfg.data)
-    data.split.save(out / "split.json")
-    _write_json(out / "train_split.json", {"source": data.source_id, "train": data.train_keys,
-                                           "val": data.val_keys})
+    data = prepare_run_data(cfg.data, out, resume and state_exists)
     atomic_write_bytes(out / "config.yaml", to_yaml(cfg).encode())
 
     torch.manual_seed(cfg.seed)
@@ -544,6 +572,10 @@ def train(
                    f"{cfg.loss.kind}) on {n_train} images of {len(data.identities)} people, "
                    f"{len(data.val_keys)} for validation; {steps_per_epoch} steps/epoch")
     while epoch < cfg.epochs:
+        # Checked before an epoch, so that a resumed run which had stopped early stays stopped.
+        if cfg.patience is not None and since_best >= cfg.patience:
+            stop_reason = "early stopping"
+            break
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             stop_reason = "interrupted"
             break
@@ -592,9 +624,6 @@ def train(
                        f"{stats['train_acc']:.3f}  val {val_plain:.3f} (balanced {val_acc:.3f})  "
                        f"lr {stats['lr']:.4f}  "
                        f"{seconds:.1f}s")
-        if cfg.patience is not None and since_best >= cfg.patience:
-            stop_reason = "early stopping"
-            break
 
     model_path = out / "model.safetensors"
     if best_epoch == 0:
