@@ -54,3 +54,20 @@ def test_cli_list_and_show() -> None:
     assert "random_restarts = 1" in shown.output and "steps = 10" in shown.output
     bad = runner.invoke(app, ["attack", "show", "nope"])
     assert bad.exit_code != 0
+
+
+def test_hyper_parameter_types_are_checked_when_the_attack_is_built() -> None:
+    budget = Budget.from_8bit("linf", 4)
+    # A whole float count (YAML 10.0, a CLI k=v) is that count; a fraction is refused.
+    assert registry.create("pgd", budget, steps=10.0).steps == 10
+    assert isinstance(registry.create("square", budget, max_queries=100.0).max_queries, int)
+    for bad in ({"steps": 10.5}, {"steps": "ten"}, {"steps": True}, {"early_stop": "yes"},
+                {"momentum": "0.9"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            registry.create("pgd", budget, **bad)
+    assert registry.create("pgd", budget, amp="bf16").amp == "bf16"  # bool | str stays free
+    # eps255 None: the unbounded budget of minimum-norm attacks; a word is refused.
+    unbounded = registry.from_config({"name": "cw", "norm": "l2", "eps255": None})
+    assert unbounded.budget.eps == float("inf")
+    with pytest.raises(ConfigError, match="eps255 must be a number"):
+        registry.from_config({"name": "pgd", "norm": "linf", "eps255": "eight"})

@@ -100,6 +100,22 @@ def test_min_norm_attacks_beat_pgd_minimal_eps() -> None:
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_does_not_stall_a_fraction_of_a_grey_level_short(norm: str) -> None:
+    """Unbounded, DeepFool fools every image PGD fools at 8/255, within its default steps.
+
+    Steps of a thousandth of a grey level used to repeat at the same rounded image until the
+    steps ran out (this batch: one L-inf image never fooled at 50 steps, fooled at 206).
+    """
+    model = TinyNet().eval()
+    x = grid_images(64, seed=5)
+    goal = Dodging(_own_labels(model, x))
+    pgd = PGD(Budget.from_8bit("linf", 8), steps=20).run(model, x, goal, seed=0)
+    df = DeepFool(Budget(norm, math.inf)).run(model, x, goal, seed=0)  # type: ignore[arg-type]
+    assert bool(pgd.success.all()) and bool(df.success.all())
+    assert int(df.iterations.max()) < 25
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_deepfool_stops_just_past_the_boundary(norm: str) -> None:
     """Every image is fooled after the overshoot, and a slightly smaller step would not be.
 
@@ -166,6 +182,17 @@ def test_transfer_judges_on_target() -> None:
     direct = inner.run(surrogate, x, goal, seed=3)
     assert torch.equal(result.adv, direct.adv)
     assert torch.equal(result.extras["surrogate_success"], direct.success)
+    with torch.no_grad():
+        assert torch.equal(result.success, goal.success(target(result.adv)))
+
+
+def test_transfer_takes_an_fp16_inner_attack_and_judges_in_full_precision() -> None:
+    surrogate, target = TinyNet(seed=0).eval(), TinyNet(seed=7).eval()
+    x = grid_images(8, seed=5)
+    goal = Dodging(_own_labels(target, x))
+    inner = PGD(Budget.from_8bit("linf", 4), steps=3, amp="fp16")
+    result = transfer(inner, surrogate, target, x, goal, seed=3)
+    assert torch.equal(result.adv, inner.run(surrogate, x, goal, seed=3).adv)
     with torch.no_grad():
         assert torch.equal(result.success, goal.success(target(result.adv)))
 

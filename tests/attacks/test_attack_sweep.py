@@ -15,6 +15,7 @@ from advface.attacks import (
     Budget,
     Dodging,
     Square,
+    TransferAttack,
     eps_grid_8bit,
     minimal_eps,
     robust_accuracy,
@@ -67,6 +68,28 @@ def test_sweep_counts_queries_for_score_based_attacks(setup) -> None:
     q1, q2 = results[grid[0]].queries, results[grid[1]].queries
     assert q1 is not None and q2 is not None
     assert bool((q2 >= q1).all()) and int(q2.max()) <= 40
+
+
+def test_sweep_keeps_each_images_extras_from_the_run_that_made_it(setup) -> None:
+    """Transfer's surrogate_success (what its transfer rate is computed from) at every eps."""
+    target, x, goal = setup
+    surrogate = TinyNet(seed=0).eval()
+    grid = eps_grid_8bit([1, 2, 4])
+    results = sweep(lambda b: TransferAttack(PGD(b, steps=5, early_stop=False), surrogate),
+                    target, x, goal, grid, seed=0)
+    previous = None
+    for eps, res in results.items():
+        assert set(res.extras) == {"surrogate_success"}, eps
+        redone = ~previous.success if previous is not None else torch.ones_like(res.success)
+        direct = PGD(Budget("linf", eps), steps=5, early_stop=False).run(
+            surrogate, x[redone], goal[redone], seed=0,
+            init=previous.adv[redone] if previous is not None else None)
+        assert torch.equal(res.extras["surrogate_success"][redone], direct.success)
+        if previous is not None:
+            kept = previous.success
+            assert torch.equal(res.extras["surrogate_success"][kept],
+                               previous.extras["surrogate_success"][kept])
+        previous = res
 
 
 @pytest.mark.parametrize("strategy", ["bisect", "grow"])
@@ -141,3 +164,14 @@ def test_grid_validation(setup) -> None:
         sweep(lambda b: PGD(b), model, x, goal, [2 / 255, 1 / 255])
     with pytest.raises(AdvfaceError):
         minimal_eps(lambda b: PGD(b), model, x, goal, [])
+
+
+def test_pgd_starts_from_init_even_without_its_zero_start(setup) -> None:
+    model, x, goal = setup
+    budget = Budget.from_8bit("linf", 4)
+    found = PGD(budget, steps=20).run(model, x, goal, seed=0)
+    assert bool(found.success.any())
+    for zero_start in (True, False):
+        again = PGD(budget, steps=0, random_restarts=1, zero_start=zero_start).run(
+            model, x, goal, seed=0, init=found.adv)
+        assert bool((again.success | ~found.success).all()), zero_start

@@ -11,7 +11,9 @@ finds small (not minimal) perturbations quickly and is a standard minimum-norm b
 The linearisation and the success test use the budget-safe quantised image, and the loop for
 an image only ends when that quantised image is fooled (or ``steps`` run out), so rounding
 cannot silently undo a success. With a finite budget the accumulated step is projected into the
-ball; ``min_eps`` reports the norm of the successful image (``inf`` when none).
+ball; ``min_eps`` reports the norm of the successful image (``inf`` when none). A step that
+leaves the quantised image unchanged (a fraction of a grey level, absorbed by rounding) doubles
+that image's overshoot (at least 0.01), so the loop cannot stall just short of the next level.
 """
 
 from __future__ import annotations
@@ -69,9 +71,18 @@ class DeepFool(Attack):
         idx = torch.arange(n, device=dev)
         r_total = torch.zeros_like(images)
         x = images.clone()
+        # Per-image overshoot: doubled whenever a step leaves the saved (8-bit) image as it was.
+        # Near the boundary the steps are fractions of a grey level that rounding absorbs, and
+        # the same step would repeat at the same image until ``steps`` ran out.
+        extra = torch.full((n,), self.overshoot, device=dev, dtype=images.dtype)
+        last_q = images.clone()
         for t in range(self.steps + 1):
             clean = images[idx]
             q = self.quantize(clean, x)
+            if t > 0:
+                stalled = (q == last_q[idx]).flatten(1).all(1)
+                extra[idx[stalled]] = (2 * extra[idx[stalled]]).clamp_min(0.01)
+            last_q[idx] = q
             with torch.enable_grad():
                 q = q.detach().requires_grad_(True)
                 scores = self.scores(model, q).float()
@@ -90,7 +101,8 @@ class DeepFool(Attack):
             idx = idx[keep]
             iterations[idx] += 1
             r_total[idx] += step
-            x = project(images[idx], images[idx] + (1 + self.overshoot) * r_total[idx], self.budget)
+            scale = _per_image(1 + extra[idx], r_total)
+            x = project(images[idx], images[idx] + scale * r_total[idx], self.budget)
         return tracker, {"iterations": iterations}
 
     def _boundary_step(self, q: Tensor, scores: Tensor, goal: Goal, keep: Tensor) -> Tensor:

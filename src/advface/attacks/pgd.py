@@ -118,7 +118,8 @@ class PGD(Attack):
         step_size: step length in [0, 1] units (L-inf: per pixel; L2: Euclidean); default
             ``2.5 * eps / steps`` (Madry et al.), at least one grey level for L-inf.
         random_restarts: number of uniformly random starts after the zero start.
-        zero_start: run once from the clean image (or ``init``) first.
+        zero_start: run once from the clean image first (a given ``init`` is always run
+            first, whatever this says).
         loss / temperature / kappa: see :func:`advface.attacks.base.attack_loss`.
         momentum: MI-FGSM decay factor mu (0 = plain PGD).
         input_diversity: DI probability (0 = off); diversity_scale: smallest shrink factor.
@@ -213,7 +214,9 @@ class PGD(Attack):
         iterations = torch.zeros(n, dtype=torch.long, device=images.device)
         fp32_steps = torch.zeros_like(iterations)
         everyone = tracker.everyone
-        starts = ["zero"] * int(self.zero_start) + ["random"] * self.random_restarts
+        # A given ``init`` (a sweep's warm start) is always a start, zero_start or not.
+        first = self.zero_start or init is not None
+        starts = ["zero"] * int(first) + ["random"] * self.random_restarts
         clean_is_candidate = not self.zero_start or init is not None
         if clean_is_candidate and self.early_stop:
             # The clean image itself is always a candidate: an image the model already gets

@@ -7,6 +7,7 @@ accepted ones, instead of a TypeError deep inside a run.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,8 @@ def create(name: str, budget: Budget, **hyper: Any) -> Attack:
             f"attack {name!r} has no hyper-parameter(s) {', '.join(unknown)}",
             fix=f"accepted: {', '.join(sorted(known)) or '(none)'}",
         )
+    params = inspect.signature(cls.__init__).parameters
+    hyper = {k: _coerce(name, k, v, params[k].annotation) for k, v in hyper.items()}
     try:
         return cls(budget, **hyper)
     except (TypeError, ValueError) as err:
@@ -82,6 +85,27 @@ def create(name: str, budget: Budget, **hyper: Any) -> Attack:
             f"bad hyper-parameters for attack {name!r}: {err}",
             fix="check the types and values in the attack's config",
         ) from err
+
+
+def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
+    """A count given as ``10.0`` (YAML, JSON, a CLI ``k=v``) is the count 10; ``10.5``, or a
+    string where a number or a flag belongs, is refused here, not by a TypeError in the run."""
+    kind = str(annotation)
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"attack {name!r}: {key} must be a whole number, got {value!r}",
+                              fix=f"give {key} as an integer")
+    elif kind in ("float", "float | None"):
+        if (value is None and kind == "float") or isinstance(value, bool) or not (
+                value is None or isinstance(value, int | float)):
+            raise ConfigError(f"attack {name!r}: {key} must be a number, got {value!r}",
+                              fix=f"give {key} as a number")
+    elif kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"attack {name!r}: {key} must be true or false, got {value!r}",
+                          fix=f"set {key}: true or {key}: false")
+    return value
 
 
 def factory(name: str, **hyper: Any) -> AttackFactory:
@@ -117,10 +141,18 @@ def from_config(config: Mapping[str, Any]) -> Attack:
         ) from None
     if "eps255" in cfg and "eps" in cfg:
         raise ConfigError("give eps255 or eps, not both", fix="keep one of them")
-    if "eps255" in cfg:
-        budget = Budget.from_8bit(norm, float(cfg.pop("eps255")))
-    elif "eps" in cfg:
-        budget = Budget(norm, float(cfg.pop("eps")))
-    else:
+    if "eps255" not in cfg and "eps" not in cfg:
         raise ConfigError("attack config has no eps", fix="add eps255 (8-bit units) or eps")
+    key = "eps255" if "eps255" in cfg else "eps"
+    value = cfg.pop(key)
+    try:
+        # None: no bound (minimum-norm attacks such as C&W and DeepFool)
+        eps = None if value is None else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"attack config: {key} must be a number, got {value!r}",
+                          fix=f"e.g. {key}: {8 if key == 'eps255' else 0.03}") from None
+    if key == "eps255":
+        budget = Budget.from_8bit(norm, eps)
+    else:
+        budget = Budget(norm, math.inf if eps is None else eps)
     return create(name, budget, **cfg)

@@ -62,7 +62,9 @@ def _check_grid(eps_grid: Sequence[float]) -> list[float]:
 def _merge(base: AttackResult, idx: Tensor, part: AttackResult, budget: Budget) -> AttackResult:
     """Rows of ``base`` (carried forward) with rows ``idx`` replaced by ``part``.
 
-    Counters are cumulative: the work spent on an image at earlier eps is added.
+    Counters are cumulative: the work spent on an image at earlier eps is added. ``extras``
+    (per-image tensors, e.g. transfer's ``surrogate_success``) come, per image, from the run
+    that produced its current result; a key only the new run has is zero for carried rows.
     """
     counters: dict[str, Tensor | None] = {}
     for name in ("iterations", "queries"):
@@ -81,7 +83,19 @@ def _merge(base: AttackResult, idx: Tensor, part: AttackResult, budget: Budget) 
         budget=budget,
         iterations=counters["iterations"],
         queries=counters["queries"],
+        extras=_merge_extras(base, idx, part),
     )
+
+
+def _merge_extras(base: AttackResult, idx: Tensor, part: AttackResult) -> dict[str, Tensor]:
+    n = base.success.shape[0]
+    merged = {k: v.clone() for k, v in base.extras.items()}
+    for key, new in part.extras.items():
+        old = merged.get(key)
+        if old is None or old.shape[1:] != new.shape[1:]:
+            old = new.new_zeros((n, *new.shape[1:]))
+        merged[key] = old.index_put_((idx,), new.to(old.dtype))
+    return merged
 
 
 def sweep(

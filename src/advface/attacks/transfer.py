@@ -41,7 +41,10 @@ class TransferAttack(Attack):
     name = "transfer"
 
     def __init__(self, inner: Attack, surrogate: nn.Module) -> None:
-        super().__init__(inner.budget, amp=inner.amp)
+        # The inner attack does the gradient work (and checks its own amp); this one only
+        # judges the target, always in full precision. ``amp`` is recorded for provenance.
+        super().__init__(inner.budget)
+        self.amp = inner.amp
         self.inner = inner
         self.surrogate = surrogate
         self.supports_init = inner.supports_init  # type: ignore[misc]
