@@ -18,7 +18,7 @@ import torch
 from advface.data.lfw import open_lfw
 from advface.data.splits import make_closed_set_split
 from advface.data.synthetic import make_tiny_lfw
-from advface.errors import AdvfaceError, ConfigError
+from advface.errors import AdvfaceError, CheckpointError, ConfigError
 from advface.experiments.config import load_experiment
 from advface.experiments.runner import run_experiment
 from advface.experiments.store import ResultsStore
@@ -415,3 +415,81 @@ attacks:
     assert len(skipped) == 1 and "pairs.txt" in skipped[0]
     assert "verification: false" in skipped[0]
     assert len(table_rows(run_dir)) == 3
+
+
+def test_an_interrupted_minimal_eps_search_is_finished_on_resume(tmp_path: Path,
+                                                                 tiny: dict[str, Path]) -> None:
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks=FAST_ATTACKS))
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    before = table_rows(run_dir)
+    # As an interruption inside the search leaves it: the largest eps's cell done, the
+    # search's cell pending with some of its rows.
+    with sqlite3.connect(run_dir / "results.sqlite") as conn:
+        cells = [r[0] for r in conn.execute(
+            "SELECT cell_id FROM cells WHERE attack = 'pgd-mineps'")]
+        assert len(cells) == 2
+        for cid in cells:
+            conn.execute("UPDATE cells SET status = 'pending' WHERE cell_id = ?", (cid,))
+            conn.execute('DELETE FROM "rows" WHERE cell_id = ? AND item_key IN (SELECT '
+                         'item_key FROM "rows" WHERE cell_id = ? ORDER BY item_key LIMIT 2)',
+                         (cid, cid))
+    assert len(table_rows(run_dir)) == len(before) - 4
+    run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    assert table_rows(run_dir) == before
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "done" and info["missing_cells"] == []
+
+
+def test_resume_refuses_a_checkpoint_replaced_by_other_weights(tmp_path: Path,
+                                                               tiny: dict[str, Path]) -> None:
+    import shutil
+
+    own = tmp_path / "adhoc"
+    shutil.copytree(tiny["ckpt"].parent, own)
+    path = write_config(tmp_path / "c.yaml", tiny, attacks="  - {name: fgsm, eps_8bit: [2]}")
+    path.write_text(path.read_text().replace(str(tiny["ckpt"]), str(own / tiny["ckpt"].name)))
+    cfg = load_experiment(path)
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    rows = table_rows(run_dir)
+    torch.manual_seed(1)
+    old = json.loads((own / "model.json").read_text())
+    other = AdHocNet(AdHocArch(n_classes=len(old["class_names"]), widths=(8, 16), blocks=(1, 1),
+                               internal_size=32, embedding_dim=16), class_names=old["class_names"])
+    save_adhoc(other.eval(), own)
+    with pytest.raises(CheckpointError, match="other weights"):
+        run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    assert table_rows(run_dir) == rows
+
+
+def test_an_unfinished_in_run_training_is_resumed_not_used(tmp_path: Path) -> None:
+    from advface.config import parse_config
+    from advface.experiments.config import ModelSpec
+    from advface.experiments.models import load_model, training_finished
+    from advface.training.train import TrainConfig, train
+
+    data = make_tiny_lfw(tmp_path / "data", n_people=3, images_per_person=(6, 7), seed=2)
+    cfg = parse_config({
+        "data": {"data_dir": str(data), "cache_dir": str(tmp_path / "cache"), "min_images": 5,
+                 "source": "center-crop"},
+        "model": {"widths": [4, 8], "blocks": [1, 1], "internal_size": 16, "embedding_dim": 8},
+        "augment": {"enabled": False}, "epochs": 3, "batch_size": 4, "threads": 1,
+        "time_budget_minutes": None, "out_dir": str(tmp_path / "ckpt")}, TrainConfig)
+    train(cfg, progress=False, stop_after_epochs=1)
+    ckpt = tmp_path / "ckpt"
+    assert (ckpt / "model.safetensors").is_file() and not training_finished(ckpt)
+    calls: list[str] = []
+
+    def finish(spec: ModelSpec) -> Path:
+        calls.append(spec.name)
+        return train(cfg, resume=True, progress=False, evaluate=False).model_path
+
+    spec = ModelSpec(name="adhoc", source="adhoc", checkpoint=ckpt,
+                     train_config=tmp_path / "t.yaml")
+    load_model(spec, train_fn=finish)
+    assert calls == ["adhoc"] and training_finished(ckpt)
+    load_model(spec, train_fn=finish)
+    assert calls == ["adhoc"]  # finished: used as it is
+    with pytest.raises(CheckpointError, match="not \\(fully\\) trained"):
+        train(cfg.model_copy(update={"out_dir": tmp_path / "part"}), progress=False,
+              stop_after_epochs=1)
+        load_model(spec.model_copy(update={"checkpoint": tmp_path / "part"}))

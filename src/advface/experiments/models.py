@@ -7,6 +7,7 @@ attacks (ours or a peer library's) see one kind of object whatever the classifie
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +48,42 @@ def load_model(spec: ModelSpec, *, train_fn=None) -> nn.Module:
         from advface.models.adhoc import load_adhoc
 
         ckpt = spec.checkpoint
-        if ckpt is None or not Path(ckpt).exists():
-            if spec.train_config is None:
-                raise CheckpointError("ad-hoc checkpoint not found", path=ckpt,
-                                      fix="train it first (advface train adhoc) or give "
-                                      "'train_config' so the run trains it")
+        unfinished = ckpt is None or not training_finished(Path(ckpt))
+        if unfinished and spec.train_config is not None:
             if train_fn is None:
-                raise CheckpointError("ad-hoc checkpoint not found and training is disabled",
-                                      path=ckpt, fix="run advface train adhoc first")
-            ckpt = train_fn(spec)
+                raise CheckpointError("ad-hoc checkpoint not (fully) trained and training is "
+                                      "disabled", path=ckpt,
+                                      fix="run (or resume) advface train adhoc first")
+            ckpt = train_fn(spec)  # resumes an interrupted training run
+        elif ckpt is None or not Path(ckpt).exists():
+            raise CheckpointError("ad-hoc checkpoint not found", path=ckpt,
+                                  fix="train it first (advface train adhoc) or give "
+                                  "'train_config' so the run trains it")
         model = load_adhoc(ckpt)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def training_finished(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds a finished model, not a training run stopped mid-way.
+
+    A training run writes its best model after every improving epoch, so the model file
+    existing says nothing: a run killed at epoch 1 of 50 has one. Only the final save records
+    why training stopped. A model with no training state beside it is taken as given.
+    """
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    if not ckpt.exists():
+        return False
+    if not (run / "state.json").is_file():
+        return True
+    try:
+        meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
+        reason = meta["training"].get("stop_reason")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return reason is not None and reason != "interrupted"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from advface.config import to_yaml
 from advface.data.images import load_png, save_png
 from advface.data.records import identity_of
 from advface.data.splits import ClosedSetSplit, make_closed_set_split
-from advface.errors import AdvfaceError, DataError
+from advface.errors import AdvfaceError, CheckpointError, DataError
 from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
 from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
 from advface.experiments.store import ResultsStore, cell_id
@@ -226,6 +226,7 @@ class Runner:
                 train_fn = lambda s, f=self.train_fn: f(s, self.cfg.data)  # noqa: E731
             model = load_model(spec, train_fn=train_fn).to(self.cfg.device)
             fp = fingerprint(model)
+            self._check_same_weights(spec, fp)
             scorer = build_scorer(spec, model, st.identity_names, gallery_keys, labels,
                                   st.chips, batch_size=self.cfg.batch_size,
                                   cache_dir=self.cfg.data.resolved_cache_dir(),
@@ -233,6 +234,24 @@ class Runner:
             st.models[spec.name] = LoadedModel(spec=spec, model=model, scorer=scorer,
                                                fingerprint=fp)
             self._write_model_json(spec, model, fp)
+
+    def _check_same_weights(self, spec: ModelSpec, fp: str) -> None:
+        """Refuse to resume with other weights: one cell would hold two models' rows."""
+        info = self.run_dir / "models" / f"{spec.name}.json"
+        try:
+            recorded = json.loads(info.read_text(encoding="utf-8")).get("fingerprint")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"cannot read the run's record of model {spec.name!r} "
+                                  f"({err})", path=info,
+                                  fix="use a new --out directory") from err
+        if recorded is not None and recorded != fp:
+            raise CheckpointError(
+                f"model {spec.name!r} has other weights (fingerprint {fp}) than the ones this "
+                f"run started with ({recorded}); resuming would mix two models' results",
+                path=spec.checkpoint or info,
+                fix="restore the checkpoint the run started with, or use a new --out directory")
 
     def _write_model_json(self, spec: ModelSpec, model: torch.nn.Module, fp: str) -> None:
         history = None
@@ -442,15 +461,16 @@ class Runner:
             cid = st.store.add_cell(model_name, spec.name,
                                     spec.cell_params(surface), eps,
                                     spec.norm, goal, surface)
-            if st.store.is_done(cid):
-                continue
-            label = (f"[{n}/{len(cells)}] {spec.name} {model_name} {goal} {surface} "
-                     f"eps={'min-norm' if eps255 is None else f'{eps255:g}/255'}")
-            if surface == "probe":
-                self._run_probe_cell(cid, spec, lm, eps255, goal, label)
-            else:
-                self._run_gallery_cell(cid, spec, lm, eps255, goal, label)
-            st.store.mark_done(cid)
+            if not st.store.is_done(cid):
+                label = (f"[{n}/{len(cells)}] {spec.name} {model_name} {goal} {surface} "
+                         f"eps={'min-norm' if eps255 is None else f'{eps255:g}/255'}")
+                if surface == "probe":
+                    self._run_probe_cell(cid, spec, lm, eps255, goal, label)
+                else:
+                    self._run_gallery_cell(cid, spec, lm, eps255, goal, label)
+                st.store.mark_done(cid)
+            # Whether or not the largest eps's cell was done before: the search is a cell of
+            # its own, which an interruption can leave half-done (it skips when done).
             if spec.minimal_eps and surface == "probe" and eps255 == max(spec.eps_8bit or [0]):
                 self._run_mineps_cell(spec, lm, goal)
 
