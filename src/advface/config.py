@@ -231,6 +231,11 @@ def _config_error(err: ValidationError, data: dict, model_cls: type[BaseModel],
                           f"valid keys{under}: {', '.join(valid)}"))
         elif kind == "missing":
             found.append((line, f"{where}required key {key!r} is missing", f"add {key!r}"))
+        elif kind == "value_error":
+            # A validator's own sentence says what is wrong and what to do: not "expected".
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            at = f"{key!r}: " if loc else ""
+            found.append((line, f"{where}{at}{msg}", "change the config as the message says"))
         else:
             expected = _expected(e)
             found.append((line, f"{where}key {key!r}: expected {expected}, got {e.get('input')!r}",
@@ -249,6 +254,9 @@ _EXPECTED = {
     "bool_type": "true or false", "string_type": "a string", "path_type": "a path",
     "list_type": "a list", "dict_type": "a mapping of keys", "model_type": "a mapping of keys",
     "model_attributes_type": "a mapping of keys",
+    "string_pattern_mismatch": "a name of letters, digits and _ . + - (no path separators; "
+    "not starting with '.')",
+    "too_short": "a non-empty list",
 }
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
            "less_than_equal": "<="}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,10 @@ def test_bad_input_is_named_with_the_fix(lfw_bits, tmp_path):
         attack_photos(photos, gallery, tmp_path / "o", attack="universal", **kw)
     with pytest.raises(ConfigError, match="needs a budget"):
         attack_photos(photos, gallery, tmp_path / "o", eps_8bit=None, **kw)
+    for eps in (math.inf, 0.0, -1.0):
+        with pytest.raises(ConfigError, match="finite budget > 0"):
+            attack_photos(photos, gallery, tmp_path / "o", eps_8bit=eps, search_min_eps=True,
+                          **kw)
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 

@@ -333,7 +333,8 @@ def test_swept_attack_carries_fooled_probes_up_the_grid(tmp_path: Path,
         run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
 
 
-@pytest.mark.parametrize(("eps", "match"), [("[]", "needs eps_8bit"), ("[4, 2]", "increasing")])
+@pytest.mark.parametrize(("eps", "match"), [("[]", "eps_8bit is empty"),
+                                           ("null", "needs eps_8bit"), ("[4, 2]", "increasing")])
 def test_sweep_config_errors(tmp_path: Path, tiny: dict[str, Path], eps: str, match: str) -> None:
     bad = write_config(tmp_path / "bad.yaml", tiny,
                        attacks=f"  - {{name: pgd, eps_8bit: {eps}, sweep: true}}")

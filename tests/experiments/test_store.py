@@ -377,3 +377,30 @@ def test_sigkill_mid_write_leaves_only_complete_batches(tmp_path: Path) -> None:
         s.put_rows(cid, [{"item_key": "after/crash", "success": 1}])
         s.mark_done(cid)
         assert s.get_cell(cid)["n_items"] == committed_batches * batch_size + 1
+
+
+def test_damaged_run_files_and_unwritable_exports_are_named(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from advface.cli.main import app
+    from advface.errors import DataError
+    from advface.experiments.summary import format_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ResultsStore(run / "results.sqlite").close()
+    (run / "run.json").write_text("{broken")
+    with pytest.raises(DataError, match="cannot read this run file") as err:
+        format_summary(run)
+    assert "run.json" in str(err.value)
+    (run / "run.json").write_text("{}")
+    (run / "clean").mkdir()
+    (run / "clean" / "m.json").write_text('{"rank_k": {}}')
+    with pytest.raises(DataError, match="lacks or garbles") as err:
+        format_summary(run)
+    assert "m.json" in str(err.value)
+    (run / "clean" / "m.json").unlink()
+    with ResultsStore(run / "results.sqlite") as store, pytest.raises(
+            AdvfaceError, match="cannot write the CSV export"):
+        store.export_csv(run / "results.sqlite" / "rows.csv")  # a file where a folder must be
+    assert CliRunner().invoke(app, ["run", "c.yaml", "--ray", "--workers", "0"]).exit_code == 2

@@ -228,3 +228,19 @@ def test_bad_arguments() -> None:
         load_onnx_model("x.onnx", input_size=112, std=0)
     with pytest.raises(ValueError, match="three"):
         load_onnx_model("x.onnx", input_size=112, mean=(0.5, 0.5))
+
+
+def test_input_size_defaults_to_the_one_the_graph_declares(tmp_path: Path) -> None:
+    from advface.models.registry import load_face_model
+
+    path = export(SmallNet().eval(), tmp_path / "small.onnx", 32, opset=17)
+    assert load_face_model(path).input_size == 32  # `--model small.onnx` on the CLI
+    free = tmp_path / "free.onnx"
+    proto = onnx.load(str(path))
+    for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "side"
+    onnx.save(proto, str(free))
+    with pytest.raises(CheckpointError, match="does not declare a square") as err:
+        load_onnx_model(free)
+    assert "free.onnx" in str(err.value) and "input_size" in str(err.value)
+    assert load_onnx_model(free, input_size=32).input_size == 32

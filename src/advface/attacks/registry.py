@@ -6,6 +6,7 @@ accepted ones, instead of a TypeError deep inside a run.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from collections.abc import Mapping
@@ -46,8 +47,10 @@ def attack_class(name: str) -> type[Attack]:
     try:
         return ATTACKS[name.lower()]
     except KeyError:
+        close = difflib.get_close_matches(name.lower(), available(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown attack {name!r}", fix=f"use one of: {', '.join(available())}"
+            f"unknown attack {name!r}{hint}", fix=f"use one of: {', '.join(available())}"
         ) from None
 
 
@@ -68,21 +71,26 @@ def hyperparameters(name: str) -> dict[str, Any]:
 
 def create(name: str, budget: Budget, **hyper: Any) -> Attack:
     """Build attack ``name`` for ``budget`` with the given hyper-parameters."""
-    cls = attack_class(name)
-    known = hyperparameters(name)
-    unknown = sorted(set(hyper) - set(known))
+    return build(attack_class(name), budget, label=name, **hyper)
+
+
+def build(cls: type[Any], budget: Budget, *, label: str, **hyper: Any) -> Any:
+    """Build ``cls`` (registered or not, e.g. gallery poisoning) with checked
+    hyper-parameters: unknown names, wrong types and bad values are :class:`ConfigError`."""
+    params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(hyper) - set(params))
     if unknown:
         raise ConfigError(
-            f"attack {name!r} has no hyper-parameter(s) {', '.join(unknown)}",
-            fix=f"accepted: {', '.join(sorted(known)) or '(none)'}",
+            f"attack {label!r} has no hyper-parameter(s) {', '.join(unknown)}",
+            fix=f"accepted: {', '.join(sorted(params)) or '(none)'}",
         )
-    params = inspect.signature(cls.__init__).parameters
-    hyper = {k: _coerce(name, k, v, params[k].annotation) for k, v in hyper.items()}
+    hyper = {k: _coerce(label, k, v, params[k].annotation) for k, v in hyper.items()}
     try:
         return cls(budget, **hyper)
     except (TypeError, ValueError) as err:
         raise ConfigError(
-            f"bad hyper-parameters for attack {name!r}: {err}",
+            f"bad hyper-parameters for attack {label!r}: {err}",
             fix="check the types and values in the attack's config",
         ) from err
 

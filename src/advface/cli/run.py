@@ -23,7 +23,8 @@ def run(
                              "(local Ray unless --ray-address)"),
     ray_address: str | None = typer.Option(None, "--ray-address",
                                            help="address of an existing Ray cluster"),
-    workers: int | None = typer.Option(None, "--workers", help="Ray workers (default: cores)"),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Ray workers (default: cores)"),
 ) -> None:
     """Run (or resume) a study: every cell is computed once; rerun after a crash to resume."""
     from advface.experiments.config import load_experiment

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from advface.config import ConfigPath, DataConfig, StrictModel, load_yaml, parse_config
+
+#: Names become file names in the run directory (models/<name>.json, clean/<name>.json):
+#: no path separators, not "." or "..".
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")]
 
 Goal = Literal["dodging", "impersonation"]
 Surface = Literal["probe", "gallery"]
@@ -21,7 +25,8 @@ Norm = Literal["linf", "l2"]
 class ModelSpec(StrictModel):
     """One classifier C: where its weights come from and how it decides an identity."""
 
-    name: str = Field(description="label used in results and the report")
+    name: Name = Field(description="label used in results and the report (letters, digits, "
+                       "_ . + -)")
     source: Literal["dlib", "adhoc", "onnx"] = Field(description="which loader builds the model")
     checkpoint: ConfigPath | None = Field(
         None, description="adhoc: checkpoint dir/file; onnx: the .onnx file")
@@ -30,7 +35,8 @@ class ModelSpec(StrictModel):
     decision: Literal["gallery-nearest", "gallery-centroid", "softmax"] = Field(
         "gallery-nearest", description="identity decision: nearest gallery image, identity "
         "centroid, or the softmax head (adhoc only)")
-    input_size: int | None = Field(None, description="onnx: square input size")
+    input_size: int | None = Field(None, ge=1, description="onnx: square input size "
+                                   "(default: the one the graph declares)")
     metric: Literal["cosine", "euclidean"] | None = Field(None, description="onnx: metric")
 
     @model_validator(mode="after")
@@ -47,7 +53,7 @@ class ModelSpec(StrictModel):
 class AttackSpec(StrictModel):
     """One attack swept over epsilons, goals and surfaces, on some or all models."""
 
-    name: str = Field(description="label of the attack in results (default: the attack)")
+    name: Name = Field(description="label of the attack in results (default: the attack)")
     attack: str | None = Field(None, description="registry name (fgsm, bim, pgd, mifgsm, cw, "
                                "deepfool, square, universal); default: name")
     params: dict[str, Any] = Field(default_factory=dict, description="attack hyper-parameters")
@@ -55,9 +61,9 @@ class AttackSpec(StrictModel):
     eps_8bit: list[float] | None = Field(
         None, description="budgets in 8-bit units (2 = 2/255); omit for minimum-norm attacks "
         "(cw, deepfool)")
-    goals: list[Goal] = Field(default_factory=lambda: ["dodging"])
-    surfaces: list[Surface] = Field(default_factory=lambda: ["probe"])
-    models: list[str] | None = Field(None, description="model names; default all")
+    goals: list[Goal] = Field(default_factory=lambda: ["dodging"], min_length=1)
+    surfaces: list[Surface] = Field(default_factory=lambda: ["probe"], min_length=1)
+    models: list[str] | None = Field(None, min_length=1, description="model names; default all")
     n_probes: int | None = Field(None, ge=1, description="fewer probes for costly attacks")
     minimal_eps: bool = Field(False, description="also search each probe's minimal fooling eps "
                               "over eps_8bit")
@@ -67,6 +73,45 @@ class AttackSpec(StrictModel):
         "are attacked again warm-started from it; success is then monotone in eps, and a "
         "probe fooled at a smaller eps costs nothing at the larger ones (the main job's PGD "
         "grid: 25% fewer steps; benchmarks/runner_sweep.py). Gallery cells are not affected")
+
+    @field_validator("eps_8bit")
+    @classmethod
+    def _check_eps(cls, eps: list[float] | None) -> list[float] | None:
+        if eps is None:
+            return eps
+        if not eps:
+            raise ValueError("eps_8bit is empty: give budgets such as [2, 4, 8], or leave "
+                             "the key out for a minimum-norm attack (cw, deepfool)")
+        bad = [e for e in eps if not (0 < e < float("inf"))]
+        if bad:
+            raise ValueError(f"eps_8bit values must be finite and > 0, got {bad}")
+        return eps
+
+    @model_validator(mode="after")
+    def _check_attack(self) -> AttackSpec:
+        """Everything the attack's cells will need, checked when the config is read: a typo
+        must not surface as an error only when its cell runs, after hours of earlier cells."""
+        from advface.attacks.base import Budget
+        from advface.attacks.registry import attack_class, create
+        from advface.errors import AdvfaceError
+        from advface.experiments.poisoning import poisoning_attack
+
+        largest = max(self.eps_8bit) if self.eps_8bit else None
+        try:
+            cls = attack_class(self.registry_name)
+            if "probe" in self.surfaces:
+                if largest is None and not cls.minimum_norm:
+                    raise ValueError(
+                        f"attack {self.name!r} ({self.registry_name}) needs eps_8bit: without "
+                        "it the attack would run unbounded; only minimum-norm attacks (cw, "
+                        "deepfool) run without a budget")
+                create(self.registry_name, Budget.from_8bit(self.norm, largest), **self.params)
+            if "gallery" in self.surfaces:
+                poisoning_attack(self, largest)
+        except AdvfaceError as err:
+            hint = f" ({err.fix})" if err.fix else ""
+            raise ValueError(f"attack {self.name!r}: {err.message}{hint}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_sweep(self) -> AttackSpec:
@@ -115,10 +160,10 @@ class TransferSpec(StrictModel):
 class ExperimentConfig(StrictModel):
     """A whole study. `advface run CONFIG` computes every cell once and resumes after a crash."""
 
-    name: str
+    name: Name
     seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
-    models: list[ModelSpec]
+    models: list[ModelSpec] = Field(min_length=1)
     attacks: list[AttackSpec] = Field(default_factory=list)
     transfer: list[TransferSpec] = Field(default_factory=list)
     n_probes: int | None = Field(100, ge=1, description="probes attacked (random, seeded); "
@@ -126,7 +171,7 @@ class ExperimentConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     verification: bool = Field(True, description="LFW pairs 10-fold verification per model")
     align_upsample: int = Field(1, ge=0, le=2)
-    device: str = Field("cpu")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
     # Post-processing only (no cell depends on it), so it is left out of config.yaml and the
     # config hash: switching it never makes a run directory refuse to resume.
     interpret: bool = Field(
@@ -136,6 +181,18 @@ class ExperimentConfig(StrictModel):
     quick: dict[str, Any] | None = Field(
         None, description="overrides applied by `advface run --quick` (same keys as the top "
         "level; attacks may be listed by name to keep only those)")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{device!r} is not a torch device ({err}); use cpu, cuda, "
+                             "cuda:0, ...") from None
+        return device
 
     @model_validator(mode="after")
     def _check_names(self) -> ExperimentConfig:
@@ -192,6 +249,7 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfi
     data = cfg.model_dump(mode="python", exclude={"quick"})
     data["interpret"] = cfg.interpret  # excluded from dumps, kept unless quick: overrides it
     overrides = dict(cfg.quick)
+    _check_quick_names(overrides, [a.name for a in cfg.attacks], path)
     keep = overrides.pop("attacks", None)
     if keep is not None:
         data["attacks"] = [a for a in data["attacks"] if a["name"] in keep]
@@ -207,3 +265,36 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfi
         names = {a["name"] for a in data["attacks"]}
         data["transfer"] = [t for t in data["transfer"] if t["attack"] in names]
     return parse_config(data, ExperimentConfig, path=path)
+
+
+def _check_quick_names(quick: dict[str, Any], names: list[str], path: Path) -> None:
+    """``quick.attacks`` and ``quick.attack_overrides`` name attacks of the config: a typo
+    there would silently drop a cell or an override."""
+    import difflib
+
+    from advface.errors import ConfigError
+
+    def unknown(name: Any, where: str) -> ConfigError:
+        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ConfigError(f"quick.{where} names unknown attack {name!r}{hint}", path=path,
+                           fix=f"the config's attacks are {', '.join(names)}")
+
+    keep = quick.get("attacks")
+    if keep is not None:
+        if not isinstance(keep, list):
+            raise ConfigError(f"quick.attacks must be a list of attack names, got {keep!r}",
+                              path=path, fix="e.g. quick: {attacks: [fgsm, pgd]}")
+        for name in keep:
+            if name not in names:
+                raise unknown(name, "attacks")
+    overrides = quick.get("attack_overrides")
+    if overrides is not None:
+        if not isinstance(overrides, dict) or not all(
+                isinstance(v, dict) for v in overrides.values()):
+            raise ConfigError("quick.attack_overrides must map attack names to the keys they "
+                              f"change, got {overrides!r}", path=path,
+                              fix="e.g. quick: {attack_overrides: {pgd: {eps_8bit: [2, 8]}}}")
+        for name in overrides:
+            if name not in names:
+                raise unknown(name, "attack_overrides")

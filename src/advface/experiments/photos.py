@@ -102,6 +102,11 @@ def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal
                           fix="pass --target with a gallery folder name")
     if goal == "dodging" and target is not None:
         raise ConfigError("--target is for impersonation", fix="pass --goal impersonation")
+    attack = attack.lower()
+    if eps_8bit is not None and not (0 < eps_8bit < math.inf):
+        raise ConfigError(f"--eps must be a finite budget > 0, got {eps_8bit:g}",
+                          fix="e.g. --eps 8 (L-inf grey levels) or --eps 255 (L2); leave it out "
+                          "for C&W and DeepFool, which find their own minimal perturbation")
     if attack not in PER_IMAGE_ATTACKS:
         raise ConfigError(f"attack {attack!r} cannot attack single photos",
                           fix=f"use one of {', '.join(PER_IMAGE_ATTACKS)}")

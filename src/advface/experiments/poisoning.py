@@ -21,39 +21,34 @@ from advface.errors import ConfigError
 from advface.metrics.perturbation import perturbation_metrics
 
 if TYPE_CHECKING:
+    from advface.attacks.gallery_poisoning import GalleryPoisoning
     from advface.experiments.config import AttackSpec
     from advface.experiments.models import LoadedModel
     from advface.experiments.runner import Runner
 
 
-def _poisoning_params(spec: AttackSpec) -> dict:
-    import inspect
-
+def poisoning_attack(spec: AttackSpec, eps255: float | None) -> GalleryPoisoning:
+    """The gallery-surface attack of ``spec``: its params go to gallery poisoning."""
+    from advface.attacks.base import Budget
     from advface.attacks.gallery_poisoning import GalleryPoisoning
+    from advface.attacks.registry import build
 
-    accepted = {p.name for p in inspect.signature(GalleryPoisoning.__init__).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    unknown = sorted(set(spec.params) - accepted)
-    if unknown:
-        raise ConfigError(f"gallery poisoning ({spec.name}) has no hyper-parameter(s) "
-                          f"{', '.join(unknown)}", fix=f"accepted: {', '.join(sorted(accepted))}")
-    return dict(spec.params)
+    if eps255 is None:
+        raise ConfigError(f"gallery poisoning ({spec.name}) needs eps_8bit",
+                          fix="give eps_8bit for attacks with surfaces: [gallery]")
+    return build(GalleryPoisoning, Budget.from_8bit(spec.norm, eps255),
+                 label=f"{spec.name} (gallery poisoning)", **spec.params)
 
 
 def run_gallery_cell(runner: Runner, cid: str, spec: AttackSpec, lm: LoadedModel,
                      eps255: float | None, goal: str, label: str) -> None:
     from tqdm import tqdm
 
-    from advface.attacks.base import Budget
-    from advface.attacks.gallery_poisoning import GalleryPoisoning
     from advface.experiments.runner import _chunks, _seed_for, key_png
     from advface.identify.gallery import Gallery
 
     st = runner._require_state()
-    if eps255 is None:
-        raise ConfigError(f"gallery poisoning ({spec.name}) needs eps_8bit",
-                          fix="give eps_8bit for attacks with surfaces: [gallery]")
-    attack = GalleryPoisoning(Budget.from_8bit(spec.norm, eps255), **_poisoning_params(spec))
+    attack = poisoning_attack(spec, eps255)
     gallery_keys = sorted(st.split.gallery)
     labels = torch.tensor([st.label(k) for k in gallery_keys])
     clean_gallery = runner._images(gallery_keys)

@@ -33,7 +33,7 @@ from advface.config import to_yaml
 from advface.data.images import load_png, save_png
 from advface.data.records import identity_of
 from advface.data.splits import ClosedSetSplit, make_closed_set_split
-from advface.errors import AdvfaceError, CheckpointError, DataError
+from advface.errors import AdvfaceError, CheckpointError, ConfigError, DataError
 from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
 from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
 from advface.experiments.store import ResultsStore, cell_id
@@ -116,6 +116,7 @@ class Runner:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, flush=True))
         self.train_fn = train_fn
+        _check_device_available(cfg.device)
         self.state: RunState | None = None
         # Decisions already taken in this process, keyed by ([cell,] model, chunk keys): the
         # same model on the same batch gives the same answer, so every cell after the first
@@ -142,7 +143,13 @@ class Runner:
 
     def _run_json(self, **updates: Any) -> dict[str, Any]:
         path = self.run_dir / "run.json"
-        info = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read the run's record ({err})", path=path,
+                            fix="restore the file, or start the study again in a new --out "
+                            "(what it records, such as the images' hash, guards the resume)"
+                            ) from None
         info.update(updates)
         _write_json(path, info)
         return info
@@ -659,6 +666,20 @@ class Runner:
                                       if c["status"] != "done"])
         st.store.close()
         return self.run_dir
+
+
+def _check_device_available(device: str) -> None:
+    """The config says a device this machine has (checked before anything runs)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA (this torch build or machine)"
+            raise ConfigError(f"device {device!r} is not available here: {have}",
+                              fix="set device: cpu in the config (or a cuda:N this machine has)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available here",
+                          fix="set device: cpu in the config")
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, **kwargs: Any) -> Path:

@@ -450,14 +450,19 @@ class ResultsStore:
         """
         cols, data = self._joined()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(cols)
-            for row in data:
-                writer.writerow(
-                    ["" if v is None else repr(v) if isinstance(v, float) else v for v in row]
-                )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(cols)
+                for row in data:
+                    writer.writerow(
+                        ["" if v is None else repr(v) if isinstance(v, float) else v
+                         for v in row]
+                    )
+        except OSError as err:
+            raise AdvfaceError(f"cannot write the CSV export ({err.strerror or err})",
+                               path=path, fix="choose a writable path for --csv") from None
         return len(data)
 
     def export_parquet(self, path: str | Path) -> int:
@@ -494,6 +499,10 @@ class ResultsStore:
         schema = pa.schema([(c, types[c]) for c in cols])
         table = pa.table({c: [r[i] for r in data] for i, c in enumerate(cols)}, schema=schema)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, path)
+        except OSError as err:
+            raise AdvfaceError(f"cannot write the Parquet export ({err})", path=path,
+                               fix="choose a writable path for --parquet") from None
         return len(data)

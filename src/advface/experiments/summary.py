@@ -7,9 +7,12 @@ its Wilson 95% interval, so no number is read without its scale.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from advface.errors import DataError
 from advface.experiments.store import ResultsStore
 
 
@@ -33,19 +36,40 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
+_FIX = "restore the file (advface writes it atomically: it was damaged afterwards)"
+
+
+def _json(path: Path) -> Any:
+    """A run file's JSON; a damaged one is an error naming it, not a traceback."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read this run file ({err})", path=path, fix=_FIX) from None
+
+
+@contextmanager
+def _names(path: Path) -> Iterator[None]:
+    """A run file lacking a value the table needs: an error naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"this run file lacks or garbles {err}", path=path, fix=_FIX) from None
+
+
 def clean_table(run_dir: Path) -> str:
     rows = []
     for path in sorted((run_dir / "clean").glob("*.json")):
-        c = json.loads(path.read_text())
-        rk, rr = c["rank_k"], c["random_rank_k"]
-        cl, rc = c["classification"], c["random_classification"]
-        rows.append([path.stem, c["n_probes"], c["n_identities"],
-                     f"{rk['1']:.3f} ({rr['1']:.3f})", f"{rk['5']:.3f} ({rr['5']:.3f})",
-                     f"{rk['10']:.3f} ({rr['10']:.3f})", f"{rk['20']:.3f} ({rr['20']:.3f})",
-                     f"{cl['macro_precision']:.3f} ({rc['macro_precision']:.3f})",
-                     f"{cl['macro_recall']:.3f} ({rc['macro_recall']:.3f})",
-                     f"{cl['weighted_precision']:.3f} ({rc['weighted_precision']:.3f})",
-                     f"{cl['weighted_recall']:.3f} ({rc['weighted_recall']:.3f})"])
+        c = _json(path)
+        with _names(path):
+            rk, rr = c["rank_k"], c["random_rank_k"]
+            cl, rc = c["classification"], c["random_classification"]
+            rows.append([path.stem, c["n_probes"], c["n_identities"],
+                         f"{rk['1']:.3f} ({rr['1']:.3f})", f"{rk['5']:.3f} ({rr['5']:.3f})",
+                         f"{rk['10']:.3f} ({rr['10']:.3f})", f"{rk['20']:.3f} ({rr['20']:.3f})",
+                         f"{cl['macro_precision']:.3f} ({rc['macro_precision']:.3f})",
+                         f"{cl['macro_recall']:.3f} ({rc['macro_recall']:.3f})",
+                         f"{cl['weighted_precision']:.3f} ({rc['weighted_precision']:.3f})",
+                         f"{cl['weighted_recall']:.3f} ({rc['weighted_recall']:.3f})"])
     if not rows:
         return "(no clean evaluation yet)"
     return table(["model", "probes", "ids", "rank-1 (rand)", "rank-5", "rank-10", "rank-20",
@@ -55,10 +79,11 @@ def clean_table(run_dir: Path) -> str:
 def verification_table(run_dir: Path) -> str:
     rows = []
     for path in sorted((run_dir / "verification").glob("*.json")):
-        v = json.loads(path.read_text())
-        tar = v.get("tar_at_far", {})
-        rows.append([path.stem, f"{v['mean_accuracy']:.4f} ± {v['std_accuracy']:.4f}",
-                     v.get("auc"), v.get("eer"), tar.get("0.001"), tar.get("0.01"), 0.5])
+        v = _json(path)
+        with _names(path):
+            tar = v.get("tar_at_far", {})
+            rows.append([path.stem, f"{v['mean_accuracy']:.4f} ± {v['std_accuracy']:.4f}",
+                         v.get("auc"), v.get("eer"), tar.get("0.001"), tar.get("0.01"), 0.5])
     if not rows:
         return "(no verification results)"
     return table(["model", "10-fold acc", "AUC", "EER", "TAR@FAR1e-3", "TAR@FAR1e-2",
@@ -90,7 +115,9 @@ def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
 def format_summary(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = _json(info_path) if info_path.is_file() else {}
+    if not isinstance(info, dict):
+        raise DataError("run.json is not a JSON object", path=info_path, fix=_FIX)
     n_ids = len(info.get("identity_names", [])) or None
     parts = [f"# run {run_dir} (status: {info.get('status', '?')}, "
              f"wall {info.get('wall_seconds', '?')} s)"]

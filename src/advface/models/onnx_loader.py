@@ -154,6 +154,22 @@ def _load_proto(path: Path) -> Any:
     return proto
 
 
+def declared_input_size(proto: Any, path: Path) -> int:
+    """The side of the square NCHW input the graph declares (static height == width)."""
+    initialisers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initialisers]
+    dims = []
+    if inputs:
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[1] == 3 and dims[2] and dims[2] == dims[3]:
+        return int(dims[2])
+    raise CheckpointError(
+        f"the ONNX graph does not declare a square NCHW input size (input shape {dims})",
+        path=path, fix="give the size it was exported with: input_size in the config's "
+        "model entry, or load_onnx_model(path, input_size=112)")
+
+
 def _default_opset(proto: Any) -> int:
     return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
@@ -373,7 +389,7 @@ def _probe(graph: nn.Module, input_size: int, path: Path) -> tuple[int, bool]:
 def load_onnx_model(
     path: str | Path,
     *,
-    input_size: int,
+    input_size: int | None = None,
     metric: Metric = "cosine",
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
@@ -384,8 +400,10 @@ def load_onnx_model(
     `mean`/`std` are in [0, 1] pixel units, applied as `(x - mean) / std` before the graph:
     an export expecting `(pixel - 127.5) / 127.5` (InsightFace ArcFace) takes mean=0.5, std=0.5.
     `channel_order="BGR"` swaps channels after normalisation for models trained on BGR input.
+    `input_size` defaults to the square input the graph declares (an error names the file
+    when it declares none, e.g. a dynamic-size export).
     """
-    if input_size <= 0:
+    if input_size is not None and input_size <= 0:
         raise ValueError(f"input_size must be positive, got {input_size}")
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
@@ -394,6 +412,8 @@ def load_onnx_model(
     mean_t, std_t = _channel_vector(mean, "mean"), _channel_vector(std, "std")
     file = Path(path)
     proto = _load_proto(file)
+    if input_size is None:
+        input_size = declared_input_size(proto, file)
     graph = _convert(proto, file)
     graph.eval()
     embedding_dim, batch_one_only = _probe(graph, input_size, file)
