@@ -228,17 +228,22 @@ def test_summary_hand_computed(store: ResultsStore) -> None:
     store.put_rows(
         cid,
         [
-            {"item_key": "a", "success": 1, "linf": 8.0, "ssim": 0.9, "min_eps": 0.01},
-            {"item_key": "b", "success": 1, "linf": 4.0, "ssim": 0.7, "min_eps": math.inf},
-            {"item_key": "c", "success": 0, "linf": 6.0, "ssim": None, "min_eps": math.inf},
-            {"item_key": "d", "success": 1, "linf": 2.0},
+            {"item_key": "a", "success": 1, "linf": 8.0, "ssim": 0.9, "min_eps": 0.01,
+             "clean_pred": 1, "true_label": 1},
+            {"item_key": "b", "success": 1, "linf": 4.0, "ssim": 0.7, "min_eps": math.inf,
+             "clean_pred": 2, "true_label": 2},
+            {"item_key": "c", "success": 0, "linf": 6.0, "ssim": None, "min_eps": math.inf,
+             "clean_pred": 3, "true_label": 3},
+            # Misidentified before the attack: not fooled by it, so not in the success rate.
+            {"item_key": "d", "success": 1, "linf": 2.0, "clean_pred": 0, "true_label": 4},
+            {"item_key": "e", "success": 1, "linf": 5.0},  # no labels: cannot be counted
         ],
     )
     by_id = {s["cell_id"]: s for s in store.summary()}
     s = by_id[cid]
-    assert s["n"] == 4 and s["n_success"] == 3
-    assert s["success_rate"] == 0.75
-    assert (s["success_ci_low"], s["success_ci_high"]) == pytest.approx(wilson_interval(3, 4))
+    assert s["n"] == 5 and s["n_success"] == 2 and s["n_attempted"] == 3
+    assert s["success_rate"] == pytest.approx(2 / 3)
+    assert (s["success_ci_low"], s["success_ci_high"]) == pytest.approx(wilson_interval(2, 3))
     assert s["mean_linf"] == 5.0 and s["median_linf"] == 5.0
     assert s["mean_ssim"] == pytest.approx(0.8) and s["median_ssim"] == pytest.approx(0.8)
     assert s["median_min_eps"] == math.inf

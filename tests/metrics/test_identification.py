@@ -214,6 +214,13 @@ def test_random_classification_report_exact_terms_and_monte_carlo() -> None:
         assert got[key] == pytest.approx(exact[key], abs=0.01), key
 
 
+def test_random_macro_recall_is_exact_when_every_class_has_support() -> None:
+    y = np.arange(62)  # one probe per identity, as in the main job
+    for seed in (0, 1):
+        rep = random_classification_report(y, 62, seed=seed)
+        assert rep["macro_recall"] == 1 / 62 == rep["accuracy"]
+
+
 def test_random_classification_report_is_seeded() -> None:
     y = np.arange(30) % 7
     a = random_classification_report(y, 9, seed=5, n_trials=20)

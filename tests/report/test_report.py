@@ -10,6 +10,7 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -50,6 +51,23 @@ def store_cells(run_dir: Path) -> list[dict]:
     for c in cells:
         c["rows"] = rows[c["cell_id"]]
     return cells
+
+
+def attempted(c: dict) -> list[dict]:
+    """The rows a success rate is over, written out independently of advface: dodging, the
+    probes identified correctly before the attack; impersonation, those not already named as
+    the target."""
+    if c["goal"] == "impersonation":
+        return [r for r in c["rows"] if r["clean_pred"] != r["target_label"]]
+    return [r for r in c["rows"] if r["clean_pred"] == r["true_label"]]
+
+
+def over(c: dict, model: str) -> str:
+    k, n = len(attempted(c)), len(c["rows"])
+    if c["goal"] == "impersonation":
+        return f"{n} probes" if k == n else (f"the {k} probes {model} did not already name as "
+                                             f"the target (of {n})")
+    return f"the {k} probes {model} identified correctly" + (f" (of {n})" if k != n else "")
 
 
 def report_text(run_dir: Path) -> str:
@@ -111,11 +129,12 @@ def test_dodging_numbers_equal_the_store(fake_run: Path, built: ReportPaths) -> 
         steps = [f"{pct(sum(r['adv_pred'] == r['true_label'] for r in c['rows']) / len(c['rows']))}"
                  f" at {round(c['eps'] * 255)}/255" for c in cells]
         joined = ", ".join(steps[:-1]) + " and " + steps[-1]
-        last = cells[-1]["rows"]
+        last = attempted(cells[-1])
         asr = sum(r["success"] for r in last) / len(last)
         expected = (f"{names[attack]} lowers rank-1 of {model} from {pct(clean)} (clean, same "
-                    f"{len(rows0)} probes) to {joined} (random 12.5%); its success rate at "
-                    f"{round(cells[-1]['eps'] * 255)}/255 is {pct(asr)}")
+                    f"{len(rows0)} probes) to {joined} (random 12.5%); at "
+                    f"{round(cells[-1]['eps'] * 255)}/255 it fools {pct(asr)} of "
+                    f"{over(cells[-1], model)}")
         assert expected in text
         assert expected in page
 
@@ -124,21 +143,21 @@ def test_impersonation_transfer_and_mineps_numbers(fake_run: Path) -> None:
     text = report_text(fake_run)
     cells = store_cells(fake_run)
     for c in cells:
-        rows = c["rows"]
+        rows = attempted(c)
         rate = sum(r["success"] for r in rows) / len(rows)
         if c["attack"] == "pgd" and c["goal"] == "impersonation" and c["surface"] == "probe":
             assert f"{pct(rate)} at {round(c['eps'] * 255)}/255" in text
         if c["attack"] == "transfer":
             src = re.search(r'"surrogate":"(\w+)"', c["params_json"]).group(1)
             assert (f"PGD images crafted at 8/255 on {src} fool {c['model']} (dodging) on "
-                    f"{pct(rate)} of {len(rows)} probes") in text
+                    f"{pct(rate)} of {over(c, c['model'])}") in text
         if c["attack"].endswith("-mineps"):
             fooled = sorted(r["min_eps"] for r in rows if r["min_eps"] != float("inf"))
             mid = len(fooled) // 2
             median = fooled[mid] if len(fooled) % 2 else (fooled[mid - 1] + fooled[mid]) / 2
-            assert (f"on {c['model']}: {pct(len(fooled) / len(rows))} of {len(rows)} probes "
-                    f"are fooled within 16/255; the median minimal ε of those is "
-                    f"{median:g}/255") in text
+            assert (f"on {c['model']} ({c['goal']}, L∞): {pct(len(fooled) / len(rows))} of "
+                    f"{over(c, c['model'])} are fooled within 16/255; the median minimal ε "
+                    f"of those is {median:g}/255") in text
 
 
 def test_clean_numbers_carry_their_random_baseline(fake_run: Path) -> None:
@@ -254,3 +273,29 @@ def test_empty_run_still_reports(tmp_path: Path) -> None:
     assert "The run holds no attack results to conclude from." in page
 
 
+
+
+def test_a_probe_already_misidentified_is_not_counted_as_fooled() -> None:
+    """Noise that changes no decision succeeds on 0%, not on the clean error rate; an
+    impersonation probe already named as the target is not counted either."""
+    from advface.metrics.attack import wilson_interval
+    from advface.report.load import Cell, Row
+    from advface.report.stats import summarize_cell
+
+    def row(key: str, clean: int, adv: int, true: int, target: int | None, ok: bool) -> Row:
+        return Row(key, clean, adv, true, target, ok, 1.0, 1.0, None, 1.0, 40.0, None, None,
+                   None, None)
+
+    noise = Cell("c", "m", "noise", {"attack": "noise"}, 4 / 255, "linf", "dodging", "probe",
+                 "done")
+    # Three probes identified correctly and left so; one wrong before and after.
+    rows = [row(k, 1, 1, 1, None, False) for k in "abc"] + [row("d", 2, 2, 1, None, True)]
+    s = summarize_cell(noise, rows)
+    assert (s.n, s.n_attempted, s.n_success, s.asr) == (4, 3, 0, 0.0)
+    assert s.robust_acc == 0.75 and s.asr_ci == pytest.approx(wilson_interval(0, 3))
+    imp = Cell("i", "m", "pgd", {"attack": "pgd"}, 4 / 255, "linf", "impersonation", "probe",
+               "done")
+    rows = [row("a", 1, 5, 1, 5, True), row("b", 1, 1, 1, 5, False),
+            row("c", 5, 5, 2, 5, True)]  # c: the model already named the target
+    s = summarize_cell(imp, rows)
+    assert (s.n_attempted, s.n_success) == (2, 1) and s.asr == 0.5

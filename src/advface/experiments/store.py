@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from advface.errors import AdvfaceError
-from advface.metrics.attack import summarise, wilson_interval
+from advface.metrics.attack import counts_toward_success, summarise, wilson_interval
 
 SCHEMA_VERSION = 1
 
@@ -404,7 +404,9 @@ class ResultsStore:
     # ------------------------------------------------------------------ summaries and export
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per cell: its description, row count, success rate with a Wilson 95% interval, and
+        """Per cell: its description, row count, success rate (over ``n_attempted`` items: the
+        probes a dodging attack had to make misidentified, the probes an impersonation had to
+        make named as the target) with a Wilson 95% interval, and
         mean/median of every per-item quantity (NULLs ignored; ``None`` when nothing measured).
         """
         out = []
@@ -413,9 +415,12 @@ class ResultsStore:
             data = self.rows(cid)
             entry: dict[str, Any] = dict(cell)
             entry["n"] = len(data)
-            succ = [int(r["success"]) for r in data if r["success"] is not None]
+            # Over the items the attack had to change (metrics.attack.counts_toward_success).
+            succ = [int(r["success"]) for r in data if r["success"] is not None
+                    and counts_toward_success(cell["goal"], r["clean_pred"], r["true_label"],
+                                              r["target_label"])]
             k = sum(succ)
-            entry["n_success"] = k
+            entry["n_success"], entry["n_attempted"] = k, len(succ)
             if succ:
                 lo, hi = wilson_interval(k, len(succ))
                 entry["success_rate"] = k / len(succ)

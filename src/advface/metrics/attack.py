@@ -36,6 +36,23 @@ def attack_success_rate(success: Any) -> float:
     return float(_bool_vector(success, "success").mean())
 
 
+def counts_toward_success(goal: str, clean_pred: int | None, true_label: int | None,
+                          target_label: int | None = None) -> bool | None:
+    """Whether an item enters the attack success rate: the attack had to change a decision.
+
+    Dodging counts the probes the model identified correctly before the attack (a probe it
+    already got wrong is not "fooled" by anything); impersonation the probes it did not already
+    name as the target. Counting every item instead would carry the clean error rate into the
+    success rate (it would then be 1 - robust accuracy, and random noise would "succeed" on
+    every clean mistake). ``None`` when the labels needed are missing.
+    """
+    if clean_pred is None:
+        return None
+    if goal == "impersonation":
+        return None if target_label is None else clean_pred != target_label
+    return None if true_label is None else clean_pred == true_label
+
+
 def robust_accuracy(correct_after: Any) -> float:
     """Fraction of *all* evaluated items still correctly identified after the attack.
 

@@ -246,7 +246,7 @@ def random_cmc(n_classes: int, max_rank: int | None = None) -> np.ndarray:
 
 
 def random_classification_report(
-    y_true: Any, n_classes: int, seed: int = 0, n_trials: int = 200
+    y_true: Any, n_classes: int, seed: int = 0, n_trials: int = 2000
 ) -> dict[str, float]:
     """Expected :func:`classification_report` of a guesser that picks one of ``C`` uniformly.
 
@@ -256,10 +256,13 @@ def random_classification_report(
     * ``weighted_precision``: exactly ``sum_c (n_c/N)^2 * (1 - (1 - 1/C)^N)``. Given that class
       ``c`` is predicted ``p > 0`` times, the predicted items are a uniform random ``p``-subset,
       so ``E[TP_c / p] = n_c / N``; with ``p = 0`` precision is 0 (zero_division=0);
-    * macro precision/recall/F1 and weighted F1: mean over ``n_trials`` simulated guessers
-      (seeded, so deterministic). No closed form: macro averages run over the classes that the
-      random predictions happen to hit, a random denominator. With ``n_trials=200`` the
-      standard error is far below the reported precision.
+    * ``macro_recall`` when every class has support (a closed set with a probe per identity):
+      exactly ``1/C``, as every class is then averaged and each has expected recall ``1/C``;
+    * otherwise macro precision/recall/F1 and weighted F1: mean over ``n_trials`` simulated
+      guessers (seeded, so deterministic). No closed form: macro averages run over the classes
+      that the random predictions happen to hit, a random denominator. With the default 2000
+      trials the spread over seeds is about 0.02 percentage points (macro precision, 62 probes
+      of 62 identities), under the report's 0.1-point precision; 200 trials gave 0.08.
     """
     yt = _check_label_vector(y_true, "y_true")
     if n_classes < 1:
@@ -282,6 +285,8 @@ def random_classification_report(
     acc["accuracy"] = 1.0 / n_classes
     acc["weighted_recall"] = 1.0 / n_classes
     acc["weighted_precision"] = float(np.sum((support / n) ** 2) * p_hit)
+    if (support > 0).all():
+        acc["macro_recall"] = 1.0 / n_classes
     return acc
 
 

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 
 from advface.data.images import signed_difference
+from advface.metrics.attack import counts_toward_success
 from advface.report import stats as S
 from advface.report.load import GOALS, Cell, Row, RunData, fmt_eps
 
@@ -398,7 +399,7 @@ def fig_transfer(run: RunData) -> Figure | None:
                     ax.text(j, i, "not run", ha="center", va="center", fontsize=8, color="0.4")
                     continue
                 kind = "white-box" if a == b else "transfer"
-                ax.text(j, i, f"{s.asr:.0%}\n{kind}\nn={s.n}", ha="center", va="center",
+                ax.text(j, i, f"{s.asr:.0%}\n{kind}\nn={s.n_attempted}", ha="center", va="center",
                         fontsize=8, color="white" if s.asr > 0.6 else "black")
         ax.set_xticks(range(n), m.models, rotation=20, fontsize=8)
         ax.set_yticks(range(n), m.models, fontsize=8)
@@ -418,7 +419,9 @@ def fig_min_eps(run: RunData) -> Figure | None:
     fig, axes = _subplots(1, len(mins), figsize=(4.2 * len(mins), 3.4), squeeze=False,
                           sharey=True, sharex=True)
     for ax, s in zip(axes[0], mins, strict=False):
-        rows = run.rows.get(s.cell.cell_id, [])
+        # The items the attack had to change, as the success rates everywhere else.
+        rows = [r for r in run.rows.get(s.cell.cell_id, []) if counts_toward_success(
+            s.cell.goal, r.clean_pred, r.true_label, r.target_label)]
         vals = [r.min_eps for r in rows if r.min_eps is not None and math.isfinite(r.min_eps)]
         never = sum(1 for r in rows if r.min_eps is None or not math.isfinite(r.min_eps))
         top = s.cell.max_eps255 or max(vals, default=1.0)
@@ -431,8 +434,9 @@ def fig_min_eps(run: RunData) -> Figure | None:
         ax.set_xlim(bins[0], x + 1)
         med = f"median {s.min_eps255_median:g}/255" if s.min_eps255_median is not None \
             else "never fooled"
-        ax.set_title(f"{s.cell.base_attack} on {s.cell.model}\n{med}, fooled "
-                     f"{s.fooled or 0:.0%} within {fmt_eps(top)}", fontsize=9)
+        ax.set_title(f"{s.cell.base_attack} on {s.cell.model} ({s.cell.goal}, {s.cell.norm})"
+                     f"\n{med}, fooled {s.fooled or 0:.0%} of {s.n_attempted} within "
+                     f"{fmt_eps(top)}", fontsize=9)
         ax.set_xlabel("minimal ε (8-bit units)")
         ax.grid(True, alpha=0.3, axis="y")
         ax.legend(fontsize=7)

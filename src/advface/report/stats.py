@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from advface.metrics.attack import wilson_interval
+from advface.metrics.attack import counts_toward_success, wilson_interval
 from advface.report.load import Cell, Row, RunData, finite
 
 RANKS = (1, 5, 10, 20)
@@ -25,23 +25,27 @@ class CellSummary:
     n: int
     clean_acc: float | None  # rank-1 on the attacked items before the attack
     robust_acc: float | None  # rank-1 on the adversarial images (adv_pred == true_label)
-    asr: float | None  # attack success rate (the store's `success`, judged on the PNG)
+    # Attack success rate (the store's `success`, judged on the PNG) over the n_attempted
+    # items the attack had to change: dodging, probes identified correctly before the attack;
+    # impersonation, probes not already named as the target (counts_toward_success).
+    asr: float | None
     n_success: int
+    n_attempted: int
     ssim: float | None  # mean over items with a finite value
     psnr: float | None  # mean over items with a finite value (identical images have inf)
     linf: float | None  # mean, 8-bit units
     l2: float | None  # mean, 8-bit units
     queries: float | None  # median
     iterations: float | None  # mean
-    fooled: float | None  # mineps: fraction with a finite minimal epsilon
-    min_eps255_median: float | None  # mineps: median over fooled items, 8-bit units
+    fooled: float | None  # mineps: fraction of the n_attempted items with a finite min eps
+    min_eps255_median: float | None  # mineps: median over those fooled, 8-bit units
 
     @property
     def asr_ci(self) -> tuple[float, float] | None:
         """Wilson 95% interval of the success rate: cells are small, so say how unsure."""
-        if self.asr is None or self.n == 0:
+        if self.asr is None or self.n_attempted == 0:
             return None
-        return wilson_interval(self.n_success, self.n)
+        return wilson_interval(self.n_success, self.n_attempted)
 
 
 def _mean_bool(values: Iterable[bool | None]) -> tuple[float | None, int, int]:
@@ -64,17 +68,18 @@ def summarize_cell(cell: Cell, rows: list[Row]) -> CellSummary:
     robust_acc, _, _ = _mean_bool(
         None if r.adv_pred is None or r.true_label is None else r.adv_pred == r.true_label
         for r in rows)
-    asr, n_success, _ = _mean_bool(r.success for r in rows)
+    attempted = [r for r in rows if counts_toward_success(
+        cell.goal, r.clean_pred, r.true_label, r.target_label)]
+    asr, n_success, n_attempted = _mean_bool(r.success for r in attempted)
     queries = finite([r.queries for r in rows])
     fooled = median = None
-    if cell.is_mineps and rows:
-        eps = [r.min_eps for r in rows]
-        fin = finite(eps)
-        fooled = len(fin) / len(rows)
+    if cell.is_mineps and attempted:
+        fin = finite([r.min_eps for r in attempted])
+        fooled = len(fin) / len(attempted)
         median = statistics.median(fin) if fin else None  # min_eps is stored in 8-bit units
     return CellSummary(
         cell=cell, n=len(rows), clean_acc=clean_acc, robust_acc=robust_acc, asr=asr,
-        n_success=n_success, ssim=_mean([r.ssim for r in rows]),
+        n_success=n_success, n_attempted=n_attempted, ssim=_mean([r.ssim for r in rows]),
         psnr=_mean([r.psnr for r in rows]), linf=_mean([r.linf for r in rows]),
         l2=_mean([r.l2 for r in rows]),
         queries=statistics.median(queries) if queries else None,

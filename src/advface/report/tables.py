@@ -12,6 +12,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
+from advface.metrics.attack import counts_toward_success
 from advface.report import stats as S
 from advface.report.load import RunData, fmt_eps, split_subsets
 
@@ -199,16 +200,19 @@ def table_attacks(run: RunData) -> Table | None:
         ci = s.asr_ci
         asr = pct(s.asr) + (f" [{pct(ci[0], 0)}–{pct(ci[1], 0)}]" if ci else "")
         rows.append([s.cell.model, s.cell.attack, s.cell.norm, eps_text(s.cell.eps255),
-                     s.cell.goal, s.cell.surface, str(s.n), pct(s.clean_acc),
-                     pct(s.robust_acc), asr, num(s.ssim), num(s.psnr, 1), num(s.linf, 2),
-                     num(s.l2, 1), num(s.queries, 0) if s.queries is not None else "—"])
+                     s.cell.goal, s.cell.surface, str(s.n), str(s.n_attempted),
+                     pct(s.clean_acc), pct(s.robust_acc), asr, num(s.ssim), num(s.psnr, 1),
+                     num(s.linf, 2), num(s.l2, 1),
+                     num(s.queries, 0) if s.queries is not None else "—"])
     note = ("clean/robust: rank-1 accuracy of the attacked items before/after the attack "
             f"(random guess {pct(hit)}); success: the store's success flag, judged on the saved "
-            "PNG, with a Wilson 95% interval; chance success is 1 − 1/C for dodging and 1/C for "
-            "impersonation. SSIM, PSNR (dB), L∞ and L2 (8-bit units) are means over items; "
+            "PNG, over the attempted items (the ones the attack had to change: dodging, probes "
+            "identified correctly before the attack; impersonation, probes not already named as "
+            "the target), with a Wilson 95% interval; chance success is 1 − 1/C for dodging and "
+            "1/C for impersonation. SSIM, PSNR (dB), L∞ and L2 (8-bit units) are means over items; "
             "queries is the median.")
     return Table("attacks", "White-box and query attacks, per cell",
-                 ["model", "attack", "norm", "ε", "goal", "surface", "n", "clean",
+                 ["model", "attack", "norm", "ε", "goal", "surface", "n", "attempted", "clean",
                   "robust", "success [95% CI]", "SSIM", "PSNR", "L∞", "L2", "queries"],
                  rows, note=note)
 
@@ -224,16 +228,18 @@ def table_transfer(run: RunData) -> Table | None:
             wb_target = m.rate.get((b, b))
             wb_sur = m.rate.get((a, a))
             rows.append([a, b, m.base_attack, m.norm, eps_text(m.eps * 255 if m.eps else None),
-                         m.goal, str(s.n), pct(s.asr), pct(s.robust_acc),
+                         m.goal, str(s.n), str(s.n_attempted), pct(s.asr), pct(s.robust_acc),
                          pct(wb_sur.asr) if wb_sur else "not run",
                          pct(wb_target.asr) if wb_target else "not run"])
     if not rows:
         return None
     return Table("transfer", "Transfer (black-box) attacks",
-                 ["surrogate", "target", "attack", "norm", "ε", "goal", "n",
+                 ["surrogate", "target", "attack", "norm", "ε", "goal", "n", "attempted",
                   "transfer success", "target rank-1 after", "white-box success on surrogate",
                   "white-box success on target"], rows,
-                 note=f"Random-guess rank-1: {pct(S.random_hit(run))}.")
+                 note=f"Success rates over the attempted items (dodging: probes the target "
+                 f"identified correctly before the attack). Random-guess rank-1: "
+                 f"{pct(S.random_hit(run))}.")
 
 
 def table_mineps(run: RunData) -> Table | None:
@@ -242,18 +248,21 @@ def table_mineps(run: RunData) -> Table | None:
         return None
     rows = []
     for s in mins:
-        vals = sorted(v for v in (r.min_eps for r in run.rows[s.cell.cell_id])
-                      if v is not None and math.isfinite(v))
+        vals = sorted(r.min_eps for r in run.rows[s.cell.cell_id]
+                      if r.min_eps is not None and math.isfinite(r.min_eps)
+                      and counts_toward_success(s.cell.goal, r.clean_pred, r.true_label,
+                                                r.target_label))
         quart = (statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1
                  else vals * 3)
         rows.append([s.cell.model, s.cell.base_attack, s.cell.norm, s.cell.goal, str(s.n),
-                     eps_text(s.cell.max_eps255), pct(s.fooled),
+                     str(s.n_attempted), eps_text(s.cell.max_eps255), pct(s.fooled),
                      eps_text(s.min_eps255_median) if s.min_eps255_median is not None else "—",
                      eps_text(quart[0]) if quart else "—", eps_text(quart[2]) if quart else "—"])
     return Table("mineps", "Minimal ε per item (search up to the largest ε)",
-                 ["model", "attack", "norm", "goal", "n", "largest ε", "fooled within it",
-                  "median minimal ε", "25th pct.", "75th pct."], rows,
-                 note="Medians and quartiles are over the fooled items.")
+                 ["model", "attack", "norm", "goal", "n", "attempted", "largest ε",
+                  "fooled within it", "median minimal ε", "25th pct.", "75th pct."], rows,
+                 note="Fooled: of the attempted items (dodging: probes identified correctly "
+                 "before the attack). Medians and quartiles are over the fooled ones.")
 
 
 def table_other(run: RunData) -> Table | None:
@@ -261,11 +270,11 @@ def table_other(run: RunData) -> Table | None:
     if not sums:
         return None
     rows = [[s.cell.model, s.cell.attack, s.cell.norm, s.cell.goal, s.cell.surface, str(s.n),
-             pct(s.clean_acc), pct(s.robust_acc), pct(s.asr), num(s.l2, 1), num(s.linf, 2),
-             num(s.ssim)] for s in sums]
+             str(s.n_attempted), pct(s.clean_acc), pct(s.robust_acc), pct(s.asr),
+             num(s.l2, 1), num(s.linf, 2), num(s.ssim)] for s in sums]
     return Table("unbounded", "Minimum-norm attacks (no fixed budget)",
-                 ["model", "attack", "norm", "goal", "surface", "n", "clean", "robust",
-                  "success", "mean L2", "mean L∞", "SSIM"], rows,
+                 ["model", "attack", "norm", "goal", "surface", "n", "attempted", "clean",
+                  "robust", "success", "mean L2", "mean L∞", "SSIM"], rows,
                  note=f"Random-guess rank-1: {pct(S.random_hit(run))}.")
 
 

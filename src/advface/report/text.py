@@ -129,6 +129,15 @@ def _ci(s: CellSummary) -> str:
     return f" [95% CI {pct(ci[0], 0)}–{pct(ci[1], 0)}]" if ci else ""
 
 
+def _over(s: CellSummary) -> str:
+    """The items a success rate is over (stats.CellSummary.n_attempted), said in words."""
+    k, n, model = s.n_attempted, s.n, s.cell.model
+    if s.cell.goal == "impersonation":
+        return (f"{n} probes" if k == n else
+                f"the {k} probes {model} did not already name as the target (of {n})")
+    return f"the {k} probes {model} identified correctly" + (f" (of {n})" if k != n else "")
+
+
 def headline(run: RunData, sums: list[CellSummary], model: str
              ) -> tuple[CellSummary, bool] | None:
     """The smallest budget at which the strongest dodging attack halves a model's rank-1.
@@ -202,9 +211,24 @@ def _transfer_sentences(run: RunData, sums: list[CellSummary],
                    f"{pct(wb.asr)}") if wb else ""
             out.append(
                 f"{attack_name(m.base_attack)} images crafted at {eps} on {a} fool {b} "
-                f"({m.goal}) on {pct(s.asr)} of {s.n} probes{_ci(s)}, leaving it a rank-1 of "
+                f"({m.goal}) on {pct(s.asr)} of {_over(s)}{_ci(s)}, leaving it a rank-1 of "
                 f"{pct(s.robust_acc)} ({_rand(run)}){ref}")
     return out
+
+
+def _strongest_transfer(run: RunData, sums: list[CellSummary]) -> str | None:
+    """The transfer sentence of the cell with the highest success rate (the first of equals)."""
+    best: tuple[float, int] | None = None
+    sentences = _transfer_sentences(run, sums)
+    i = 0
+    for m in S.transfer_matrices(run, sums):
+        for (a, b), s in m.rate.items():
+            if a == b:
+                continue
+            if s.asr is not None and (best is None or s.asr > best[0]):
+                best = (s.asr, i)
+            i += 1
+    return sentences[best[1]] if best is not None else None
 
 
 def _cells_count(run: RunData) -> str:
@@ -233,8 +257,11 @@ def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) 
             heads.append(headline_sentence(run, *h))
     if heads:
         norm = _norm_name(_main_norm(sums) or "linf")
-        sec.p(f"Across the {_cells_count(run)} (dodging, {norm} budget): "
-              + "; ".join(heads) + ".")
+        main = _main_norm(sums)
+        k = sum(1 for s in S.whitebox(sums) if s.cell.goal == "dodging"
+                and s.cell.surface == "probe" and s.cell.norm == main)
+        sec.p(f"Under dodging attacks on probes with an {norm} budget ({k} of the "
+              f"{_cells_count(run)}): " + "; ".join(heads) + ".")
     trans = _transfer_sentences(run, sums, headline_only=True)
     if trans:
         sec.p("In the black-box transfer setting, " + "; ".join(trans) + ".")
@@ -509,14 +536,18 @@ def _series_sentence(run: RunData, curve: list[CellSummary], goal: str) -> str:
     if goal == "dodging":
         steps = [f"{pct(s.robust_acc)} at {fmt_eps(s.cell.eps255 or 0)}" for s in curve]
         last = curve[-1]
-        return (f"{name} lowers rank-1 of {c0.cell.model} from {pct(c0.clean_acc)} (clean, same "
-                f"{c0.n} probes) to {_join(steps)} ({_rand(run)}); its success rate at "
-                f"{fmt_eps(last.cell.eps255 or 0)} is {pct(last.asr)}{_ci(last)}.")
+        dropped = any(s.robust_acc is not None and c0.clean_acc is not None
+                      and s.robust_acc < c0.clean_acc for s in curve)
+        verb = "lowers rank-1" if dropped else "leaves rank-1"
+        return (f"{name} {verb} of {c0.cell.model} from {pct(c0.clean_acc)} (clean, same "
+                f"{c0.n} probes) to {_join(steps)} ({_rand(run)}); at "
+                f"{fmt_eps(last.cell.eps255 or 0)} it fools {pct(last.asr)} of "
+                f"{_over(last)}{_ci(last)}.")
     last = curve[-1]
     steps = [f"{pct(s.asr)} at {fmt_eps(s.cell.eps255 or 0)}" + (_ci(s) if s is last else "")
              for s in curve]
     return (f"{name} makes {c0.cell.model} name the chosen target for {_join(steps)} of "
-            f"the {c0.n} probes (a random guess names a given identity {pct(S.random_hit(run))} "
+            f"{_over(c0)} (a random guess names a given identity {pct(S.random_hit(run))} "
             f"of the time); at {fmt_eps(last.cell.eps255 or 0)} the true identity stays at "
             f"rank 1 for {pct(last.robust_acc)} ({_rand(run)}).")
 
@@ -549,7 +580,9 @@ def _robustness_comparisons(run: RunData, sums: list[CellSummary]) -> list[str]:
     models = [m for m in run.model_names if any(s.cell.model == m for s in sums)]
     for a, b in combinations(models, 2):
         pairs = S.same_budget_pairs(sums, a, b)
-        pairs = [(x, y) for x, y in pairs if x.asr is not None and y.asr is not None]
+        # Random noise is the baseline the attacks are measured against, not an attack.
+        pairs = [(x, y) for x, y in pairs if x.asr is not None and y.asr is not None
+                 and x.cell.kind != "noise"]
         if not pairs:
             continue
         a_lower = sum(1 for x, y in pairs if x.asr < y.asr)
@@ -564,7 +597,9 @@ def _robustness_comparisons(run: RunData, sums: list[CellSummary]) -> list[str]:
         else:
             verdict = "neither model resisted more often"
         out.append(f"Over the {len(pairs)} attack settings run identically on {a} and {b}, "
-                   f"the attack success rate was lower on {a} in {a_lower}, lower on {b} in "
+                   "the attack success rate (over the probes each model identified correctly, "
+                   "or did not already name as the target) "
+                   f"was lower on {a} in {a_lower}, lower on {b} in "
                    f"{b_lower} and equal in {ties} ({verdict}); mean success rate "
                    f"{pct(ma)} on {a} vs {pct(mb)} on {b}.")
     return out
@@ -592,13 +627,14 @@ def section_results(run: RunData, sums: list[CellSummary]) -> Section:
         sec.p("Attacks on the gallery surface (enrolled images perturbed):")
         sec.bullets([f"{attack_name(s.cell.attack)} at {fmt_eps(s.cell.eps255 or 0)} on "
                      f"{s.cell.model} ({s.cell.goal}, {s.n} {s.cell.surface} items): success "
-                     f"{pct(s.asr)}{_ci(s)}, rank-1 from {pct(s.clean_acc)} to "
+                     f"on {pct(s.asr)} of {_over(s)}{_ci(s)}, rank-1 from {pct(s.clean_acc)} to "
                      f"{pct(s.robust_acc)} ({_rand(run)})." for s in gallery])
     query = [s for s in S.whitebox(sums) if s.queries is not None]
     if query:
         sec.p("Query-based (black-box) cells: "
               + "; ".join(f"{attack_name(s.cell.attack)} at {fmt_eps(s.cell.eps255 or 0)} on "
-                          f"{s.cell.model} ({s.cell.goal}) succeeds on {pct(s.asr)} with a "
+                          f"{s.cell.model} ({s.cell.goal}) succeeds on {pct(s.asr)} of "
+                          f"{_over(s)} with a "
                           f"median of {num(s.queries, 0)} queries" for s in query) + ".")
     sec.table("attacks")
     trans = _transfer_sentences(run, sums)
@@ -611,14 +647,15 @@ def section_results(run: RunData, sums: list[CellSummary]) -> Section:
     if mins:
         items = []
         for s in mins:
+            what = (f"{attack_name(s.cell.attack)} on {s.cell.model} ({s.cell.goal}, "
+                    f"{_norm_name(s.cell.norm)})")
             if s.min_eps255_median is not None:
-                items.append(f"{attack_name(s.cell.attack)} on {s.cell.model}: "
-                             f"{pct(s.fooled)} of {s.n} probes are fooled within "
+                items.append(f"{what}: {pct(s.fooled)} of {_over(s)} are fooled within "
                              f"{fmt_eps(s.cell.max_eps255 or 0)}; the median minimal ε of those is "
                              f"{fmt_eps(s.min_eps255_median)}.")
             else:
-                items.append(f"{attack_name(s.cell.attack)} on {s.cell.model}: none of the "
-                             f"{s.n} probes is fooled within {fmt_eps(s.cell.max_eps255 or 0)}.")
+                items.append(f"{what}: none of {_over(s)} is fooled within "
+                             f"{fmt_eps(s.cell.max_eps255 or 0)}.")
         sec.p("Minimal budget per probe (the smallest ε that fools it):")
         sec.bullets(items)
         sec.table("mineps")
@@ -627,7 +664,8 @@ def section_results(run: RunData, sums: list[CellSummary]) -> Section:
     if other:
         sec.p("Minimum-norm attacks without a fixed budget:")
         sec.bullets([f"{attack_name(s.cell.attack)} on {s.cell.model} ({s.cell.goal}): "
-                     f"success {pct(s.asr)}{_ci(s)}, rank-1 {pct(s.robust_acc)} "
+                     f"success on {pct(s.asr)} of {_over(s)}{_ci(s)}, rank-1 "
+                     f"{pct(s.robust_acc)} "
                      f"({_rand(run)}), mean L2 {num(s.l2, 1)} and L∞ {num(s.linf, 2)} (8-bit "
                      f"units), SSIM {num(s.ssim)}." for s in other])
         sec.table("unbounded")
@@ -656,7 +694,9 @@ def section_discussion(run: RunData, sums: list[CellSummary], undrawn: list[str]
     for text in _robustness_comparisons(run, sums):
         sec.p(text)
         sec.p("Robust rank-1 mixes clean accuracy with robustness, so the comparison above "
-              "uses success rates, which are measured on the same probes for both models.")
+              "uses success rates, each over the probes the attack had to change on that model: "
+              "a probe a model already got wrong is not counted as fooled. The two models' sets "
+              "of such probes can differ when their clean accuracies do.")
     if sums:
         ns = [s.n for s in sums]
         n_small = min(ns)
@@ -686,9 +726,9 @@ def section_conclusion(run: RunData, sums: list[CellSummary]) -> Section:
     comp = _robustness_comparisons(run, sums)
     if comp:
         sec.p(comp[0])
-    trans = _transfer_sentences(run, sums)
-    if trans:
-        sec.p("Perturbations transfer between models: " + trans[0] + ".")
+    strongest = _strongest_transfer(run, sums)
+    if strongest:
+        sec.p("Transfer between models, the strongest setting: " + strongest + ".")
     if not sec.blocks:
         sec.p("The run holds no attack results to conclude from.")
     return sec
