@@ -181,3 +181,27 @@ def test_lfw_table_matches_official_names() -> None:
     assert set(dl.LFW_REQUIRED) <= set(dl.LFW_FILES)
     for f in dl.LFW_FILES.values():
         assert f.url == dl.LFW_URL_BASE + f.name and len(f.sha256) == 64
+
+
+def test_a_full_disk_is_named_as_such_not_as_the_server(server: _Server, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    class Full:
+        def __init__(self, *args: object) -> None:
+            self.calls = 0
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def write(self, chunk: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "open", Full, raising=False)
+    with pytest.raises(DataError, match=r"cannot write the download \(No space left") as info:
+        dl.download(server.url, tmp_path / "file.bin", SHA, progress=False, retries=3)
+    assert info.value.path == tmp_path / "file.bin.part" and "free disk space" in info.value.fix
+    assert "cannot reach" not in info.value.message

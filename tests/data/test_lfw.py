@@ -93,6 +93,22 @@ def test_random_bytes_archive(tmp_path: Path, cache: Path) -> None:
     assert "download" in (err.fix or "")
 
 
+def test_checksum_lines_written_as_dot_slash_name_are_checked(tmp_path: Path,
+                                                               cache: Path) -> None:
+    root = make_tiny_lfw(tmp_path / "data", archive=True)
+    (root / "SHA256SUMS").write_text("0" * 64 + "  ./lfw-tiny.tgz\n")  # `sha256sum ./*`
+    err = _archive_error(root / "lfw-tiny.tgz", cache)
+    assert "does not match SHA256SUMS" in err.message
+
+
+def test_a_file_that_is_no_archive_is_not_called_corrupt(tmp_path: Path, cache: Path) -> None:
+    notes = tmp_path / "pairs.txt"
+    notes.write_text("10\t300\n")
+    err = _archive_error(notes, cache)
+    assert "not an image archive" in err.message and "delete" not in (err.fix or "")
+    assert notes.is_file()
+
+
 def test_truncated_archive(tmp_path: Path, cache: Path) -> None:
     root = make_tiny_lfw(tmp_path / "data", archive=True)
     tgz = root / "lfw-tiny.tgz"
@@ -143,8 +159,10 @@ def test_path_traversal_members_are_refused(
     assert not Path("/tmp/advface-evil.txt").exists()
 
 
-@pytest.mark.parametrize("target", ["/etc/passwd", "../../../outside"])
-def test_links_pointing_outside_are_refused(tmp_path: Path, cache: Path, target: str) -> None:
+@pytest.mark.parametrize("target", ["/etc/passwd", "../../../outside", "A_0001.jpg",
+                                    "../B/deep/../../A"])
+def test_link_entries_are_refused(tmp_path: Path, cache: Path, target: str) -> None:
+    """Even one whose text stays inside: chained links can climb out (CVE-2025-4517)."""
     link = tarfile.TarInfo("lfw/A/A_0002.jpg")
     link.type, link.linkname = tarfile.SYMTYPE, target
     tgz = _tar_with(tmp_path / "lfw.tgz", [_file("lfw/A/A_0001.jpg"), (link, None)])

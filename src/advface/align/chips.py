@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from advface.align.dlib_align import AlignParams, DlibAligner
+from advface.data._atomic import atomic_open
 from advface.data.images import load_rgb, save_png
 from advface.data.records import ImageRecord
 from advface.errors import DataError
@@ -331,9 +332,9 @@ def build_chips(
     root.mkdir(parents=True, exist_ok=True)
     params_path = root / PARAMS_NAME
     if not params_path.is_file():
-        tmp = params_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(params.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, params_path)
+        # A unique temporary name: two builders starting the same chipset must not collide.
+        with atomic_open(params_path, "w") as fh:
+            fh.write(json.dumps(params.to_dict(), indent=2, sort_keys=True) + "\n")
 
     wanted: dict[str, str] = {}
     chip_paths: dict[str, str] = {}
@@ -462,8 +463,10 @@ def _reuse_hog_chips(jobs: list[tuple[str, str]], params: AlignParams, root: Pat
             continue
         entry = {**entry, "source_mtime_ns": _mtime_ns(src)}
         target = root / chip_relpath(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(chip, target)
+        # Atomic like every other chip write: an index line of another data set may still
+        # vouch for this path, so a half-copied file must never appear under it.
+        with atomic_open(target, "wb") as fh, chip.open("rb") as src_fh:
+            shutil.copyfileobj(src_fh, fh)
         index.write(json.dumps(entry, sort_keys=True) + "\n")
         done[key] = entry
         bar.update(1)

@@ -84,6 +84,10 @@ class _Interrupted(Exception):
     """A transfer stopped early; the .part file holds what arrived."""
 
 
+class _LocalWriteError(Exception):
+    """Writing the .part file failed on this machine (not a network problem)."""
+
+
 def _fetch(url: str, part: Path, resume: bool, progress: bool, timeout: float) -> None:
     """One HTTP request appending to (or restarting) ``part``."""
     offset = part.stat().st_size if (resume and part.exists()) else 0
@@ -109,17 +113,23 @@ def _fetch(url: str, part: Path, resume: bool, progress: bool, timeout: float) -
         expected = int(length) if length and length.isdigit() else None
         total = offset + expected if expected is not None else None
         received = 0
-        with open(part, mode) as fh, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[:-5],
-            disable=not progress, leave=False,
-        ) as bar:
-            try:
-                while chunk := response.read(_CHUNK):
+        try:
+            with open(part, mode) as fh, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[:-5],
+                disable=not progress, leave=False,
+            ) as bar:
+                while True:
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except (http.client.HTTPException, OSError) as err:  # the network's side
+                        raise _Interrupted(str(err) or type(err).__name__) from err
+                    if not chunk:
+                        break
                     fh.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            except (http.client.IncompleteRead, ConnectionError, TimeoutError) as err:
-                raise _Interrupted(str(err) or type(err).__name__) from err
+        except OSError as err:  # opening, writing or closing the .part: this machine's side
+            raise _LocalWriteError(err) from err
         if expected is not None and received < expected:
             raise _Interrupted(f"connection closed after {received} of {expected} bytes")
 
@@ -162,6 +172,15 @@ def download(
     for _attempt in range(retries + 1):
         try:
             _fetch(url, part, resume=True, progress=progress, timeout=timeout)
+        except _LocalWriteError as err:
+            # Disk full, file too large, read-only or forbidden: retrying or fetching "by
+            # other means" into the same folder cannot help.
+            cause = err.args[0]
+            raise DataError(
+                f"cannot write the download ({getattr(cause, 'strerror', None) or cause})",
+                path=part, fix="free disk space or make the folder writable, or download into "
+                "another folder (--data / $ADVFACE_DATA); a partial download is kept and "
+                "resumes") from None
         except _Interrupted as err:
             last_error = f"transfer interrupted: {err}"
             continue

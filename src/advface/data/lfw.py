@@ -83,7 +83,8 @@ def read_checksums(path: Path) -> dict[str, str]:
                 f"line {lineno}: expected '<sha256 hex>  <file name>', got {line!r}",
                 path=path, fix="restore the file or regenerate it with `sha256sum * > SHA256SUMS`",
             )
-        sums[parts[1].strip().lstrip("*")] = digest
+        # `sha256sum ./*` writes "./name": the same file as "name".
+        sums[PurePosixPath(parts[1].strip().lstrip("*").replace("\\", "/")).as_posix()] = digest
     return sums
 
 
@@ -147,15 +148,10 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     if member.isdev() or member.isfifo():
         return "device or FIFO entry"
     if member.issym() or member.islnk():
-        target = member.linkname.replace("\\", "/")
-        if target.startswith("/") or PureWindowsPath(target).drive:
-            return f"link to absolute path {member.linkname!r}"
-        base = PurePosixPath(name).parent if member.issym() else PurePosixPath()
-        depth = 0
-        for part in (base / target).parts:
-            depth += -1 if part == ".." else (0 if part == "." else 1)
-            if depth < 0:
-                return f"link pointing outside the archive ({member.linkname!r})"
+        # LFW archives hold no links. Checking a link's target by its text is not enough (a
+        # chain of links from the same archive can climb out while its text stays inside),
+        # and tarfile's own filter has had bypasses of that kind (CVE-2025-4517): refuse all.
+        return f"link entry ({member.linkname!r}); image archives need none"
     return None
 
 
@@ -510,6 +506,13 @@ def open_lfw(
     archive: Path | None = None
     tree: Path | None = None
     if data_dir.is_file():
+        named = data_dir.name.lower().endswith((".tgz", ".tar.gz", ".tar"))
+        if not named and not tarfile.is_tarfile(data_dir):
+            # Not "corrupt archive: delete it": it may be pairs.txt or a user's own file.
+            raise DataError(
+                "not an image archive (a .tgz/.tar of <Person>/<image> folders)", path=data_dir,
+                fix="pass the folder holding lfw-deepfunneled.tgz (or an extracted "
+                "<Person>/<image> tree) as --data / $ADVFACE_DATA")
         archive, protocol_dir = data_dir, data_dir.parent
     elif data_dir.is_dir() or download:
         protocol_dir = data_dir
