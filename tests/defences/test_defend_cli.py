@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from defence_models import train_dict
 from typer.testing import CliRunner
 
 from advface.cli.defend import app
+from advface.errors import AdvfaceError
 
 runner = CliRunner()
 
@@ -59,7 +61,8 @@ def test_advtrain_from_a_config_file(tiny_lfw: Path, tmp_path: Path) -> None:
     assert (out / "model.safetensors").is_file() and (out / "robust_eval.json").is_file()
     robust = json.loads((out / "robust_eval.json").read_text())
     assert [r["eps255"] for r in robust["rows"]] == [4.0, 4.0]
-    filed = json.loads((study / "defences" / "advtrain_run.json").read_text())
+    (advtrain_file,) = (study / "defences").glob("advtrain_run-*.json")
+    filed = json.loads(advtrain_file.read_text())
     assert filed["kind"] == "advtrain" and filed["adversarial"]["attack"] == "fgsm-rs"
     assert filed["results"]["adversarial-training"] == robust
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -93,7 +96,7 @@ def test_run_files_results_for_the_report(standard_run: Path, tmp_path: Path) ->
         "jpeg", "--eps", "8", "--naive-steps", "2", "--steps", "3", "--restarts", "0",
         "--eot", "2", "--threads", "1", "--quiet", "--out", str(out), "--run", str(run)])
     assert res.exit_code == 0, res.output
-    filed = run / "defences" / f"evaluate_{standard_run.name}.json"
+    (filed,) = (run / "defences").glob(f"evaluate_{standard_run.name}-*.json")
     doc = json.loads(filed.read_text())
     assert doc == json.loads(out.read_text())
     assert doc["kind"] == "evaluate" and set(doc["results"]) == {"none", "jpeg"}
@@ -101,7 +104,8 @@ def test_run_files_results_for_the_report(standard_run: Path, tmp_path: Path) ->
     res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--eps", "16",
                               "--steps", "5", "--threads", "1", "--run", str(run)])
     assert res.exit_code == 0, res.output
-    det = json.loads((run / "defences" / f"detect_{standard_run.name}.json").read_text())
+    (det_file,) = (run / "defences").glob(f"detect_{standard_run.name}-*.json")
+    det = json.loads(det_file.read_text())
     assert det["kind"] == "detect" and det["settings"]["eps"] == [16.0]
     for r in det["results"].values():
         assert len(r["roc"]["fpr"]) == len(r["roc"]["tpr"]) >= 2
@@ -120,3 +124,50 @@ def test_run_must_be_a_run_directory(standard_run: Path, tmp_path: Path) -> None
     assert res.exit_code != 0
     assert "not a run directory" in str(res.exception)
     assert not (tmp_path / "typo").exists()
+
+
+def test_filing_never_drops_earlier_results(standard_run: Path, tmp_path: Path) -> None:
+    """Two checkpoints whose folders share a name get two files; other settings against an
+    existing file are refused (not silently replacing it); a defence spelled bit_depth is
+    bit-depth with its --bits."""
+    import shutil
+
+    run = _run_dir(tmp_path)
+    twin = tmp_path / "elsewhere" / standard_run.name
+    shutil.copytree(standard_run, twin)
+    fast = ["--eps", "8", "--naive-steps", "1", "--steps", "1", "--restarts", "0", "--eot", "1",
+            "--threads", "1", "--quiet", "--n-probes", "2", "--run", str(run)]
+    for ckpt, name in ((standard_run, "jpeg"), (twin, "bit_depth")):
+        res = runner.invoke(app, ["evaluate", "--checkpoint", str(ckpt), "--defence", name,
+                                  "--bits", "2", *fast])
+        assert res.exit_code == 0, res.output
+    files = sorted((run / "defences").glob("evaluate_*.json"))
+    assert len(files) == 2
+    docs = [json.loads(f.read_text()) for f in files]
+    assert sorted(k for d in docs for k in d["results"]) == ["bit-depth", "jpeg"]
+    bit = next(d for d in docs if "bit-depth" in d["results"])
+    assert bit["results"]["bit-depth"]["params"] == {"bits": 2}
+    other = [*fast[:-2], "--run", str(run)]
+    other[other.index("--steps") + 1] = "2"
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(standard_run), "--defence",
+                              "median", *other])
+    assert res.exit_code != 0 and "other settings" in str(res.exception)
+    assert [json.loads(f.read_text()) for f in files] == docs
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--naive-steps", "0"], ["--eval-draws", "0"],
+                                  ["--batch-size", "0"], ["--threads", "0"], ["--n-probes", "-2"],
+                                  ["--eps", "inf"], ["--eps", "nan"], ["--defence", "jpg"]])
+def test_evaluate_refuses_options_that_cannot_work(standard_run: Path, tmp_path: Path,
+                                                   args: list[str]) -> None:
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(standard_run), *args,
+                              "--out", str(tmp_path / "o.json")])
+    assert res.exit_code != 0
+    assert res.exception is None or isinstance(res.exception, (SystemExit, AdvfaceError))
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_an_output_folder_is_refused_before_the_work(standard_run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--out",
+                              str(tmp_path)])
+    assert res.exit_code != 0 and "folder, not a file" in str(res.exception)

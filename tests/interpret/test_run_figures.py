@@ -137,6 +137,9 @@ def test_nothing_to_explain_is_a_clear_error(tiny_run: Path) -> None:
     assert res.exit_code != 0
     assert "no model has a fooled probe" in str(res.exception)
     assert "skipped, no finished cw dodging cell on dlib" in res.output
+    res = runner.invoke(interpret_app, ["run-figures", str(tiny_run), "--model", "nosuch",
+                                        *FAST])
+    assert res.exit_code != 0 and "the run has no model 'nosuch'" in str(res.exception)
 
 
 def test_minimum_norm_attack_beside_pgd(tiny_run: Path) -> None:

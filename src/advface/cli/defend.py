@@ -6,6 +6,7 @@ images (the closed-set split stored with the trained model).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -32,8 +33,9 @@ def _eps_list(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"bad --eps {text!r}", fix="give numbers like 2,4,8") from None
-    if not values or any(v < 0 for v in values):
-        raise ConfigError(f"bad --eps {text!r}", fix="give non-negative numbers like 2,4,8")
+    if not values or any(not (0 <= v <= 255) for v in values):  # also refuses inf and nan
+        raise ConfigError(f"bad --eps {text!r}",
+                          fix="give grey levels between 0 and 255 like 2,4,8")
     return values
 
 
@@ -53,7 +55,7 @@ def _write(out: Path | None, doc: object, *, quiet: bool = False) -> None:
 
 
 def run_target(run: Path | None, command: str, checkpoint: Path) -> Path | None:
-    """RUN_DIR/defences/<command>_<checkpoint folder name>.json (docs/run_dir.md), or None.
+    """RUN_DIR/defences/<command>_<checkpoint folder>-<path digest>.json (docs/run_dir.md).
 
     The run directory must exist (a typo would otherwise create a stray folder the report
     never reads).
@@ -68,17 +70,68 @@ def run_target(run: Path | None, command: str, checkpoint: Path) -> Path | None:
     from advface.interpret.run_figures import safe_name
 
     name = checkpoint.resolve()
-    stem = name.parent.name if name.suffix == ".safetensors" else name.name
-    return run / "defences" / f"{command}_{safe_name(stem)}.json"
+    folder = name.parent if name.suffix == ".safetensors" else name
+    # The folder's name alone collides (runs/a/run and runs/b/run): a digest of its full path
+    # keeps two checkpoints' results apart.
+    tag = hashlib.sha256(str(folder).encode()).hexdigest()[:6]
+    return run / "defences" / f"{command}_{safe_name(folder.name)}-{tag}.json"
 
 
 def _targets(out: Path | None, run_path: Path | None) -> list[Path]:
-    """Where a result goes: --out and/or the run's defences/ file, without duplicates."""
+    """Where a result goes: --out and/or the run's defences/ file, without duplicates.
+
+    Checked before any work: a folder given as --out would otherwise fail only when the
+    results are written, after the whole evaluation.
+    """
+    from advface.errors import AdvfaceError
+
     found: list[Path] = []
     for p in (out, run_path):
         if p is not None and all(p.resolve() != q.resolve() for q in found):
+            if p.is_dir():
+                raise AdvfaceError("the output is a folder, not a file", path=p,
+                                   fix="pass a file name such as results.json")
             found.append(p)
     return found
+
+
+def _check_same_settings(targets: list[Path], checkpoint: Path, settings: dict) -> None:
+    """Refuse to overwrite results made with another checkpoint or other settings.
+
+    Re-running with the same settings reuses (evaluate) or replaces (detect) them; anything
+    else would silently drop finished results.
+    """
+    from advface.errors import AdvfaceError
+
+    for target in targets:
+        doc = _read_doc(target)
+        if doc is None:
+            continue
+        same_model = _same_checkpoint(doc.get("checkpoint"), checkpoint)
+        if not same_model or doc.get("settings") != settings:
+            what = "another checkpoint" if not same_model else "other settings"
+            raise AdvfaceError(
+                f"this file holds results of {what} ({doc.get('checkpoint')}, "
+                f"{doc.get('settings')}); writing would drop them", path=target,
+                fix="rerun with the same settings to add to it, pass another --out, or move "
+                "the file away to replace it")
+
+
+def _read_doc(path: Path) -> dict | None:
+    from advface.errors import AdvfaceError
+
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise AdvfaceError(f"cannot read earlier results ({err})", path=path,
+                           fix="move the damaged file away and rerun") from None
+    return doc if isinstance(doc, dict) else None
+
+
+def _same_checkpoint(recorded: object, checkpoint: Path) -> bool:
+    return isinstance(recorded, str) and Path(recorded).resolve() == checkpoint.resolve()
 
 
 @app.command("advtrain")
@@ -92,7 +145,8 @@ def advtrain(
         "--out", help="output folder (default: train.out_dir, else runs/<config name>)")] = None,
     time_budget: Annotated[float | None, typer.Option(
         "--time-budget", help="override train.time_budget_minutes")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1,
+                                                help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
     run: RunOpt = None,
 ) -> None:
@@ -146,22 +200,27 @@ def evaluate(
         "--defence", help="none, jpeg, bit-depth, median, resize-pad; repeat for several "
         "(each evaluated separately)")] = None,
     eps: EpsOpt = "2,4,8",
-    quality: Annotated[int, typer.Option("--quality", help="JPEG quality")] = 75,
-    bits: Annotated[int, typer.Option("--bits", help="bit-depth: bits per channel")] = 4,
-    median_size: Annotated[int, typer.Option("--median-size", help="median window")] = 2,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100,
+                                         help="JPEG quality")] = 75,
+    bits: Annotated[int, typer.Option("--bits", min=1, max=8,
+                                      help="bit-depth: bits per channel")] = 4,
+    median_size: Annotated[int, typer.Option("--median-size", min=1,
+                                             help="median window")] = 2,
     min_scale: Annotated[float, typer.Option(
-        "--min-scale", help="resize-pad: smallest side fraction")] = 0.85,
-    naive_steps: Annotated[int, typer.Option("--naive-steps")] = 10,
-    steps: Annotated[int, typer.Option("--steps", help="adaptive PGD steps")] = 50,
-    restarts: Annotated[int, typer.Option("--restarts", help="adaptive random restarts")] = 2,
-    eot: Annotated[int, typer.Option("--eot", help="EOT samples for random defences")] = 10,
+        "--min-scale", min=0.1, max=1.0, help="resize-pad: smallest side fraction")] = 0.85,
+    naive_steps: Annotated[int, typer.Option("--naive-steps", min=1)] = 10,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="adaptive PGD steps")] = 50,
+    restarts: Annotated[int, typer.Option("--restarts", min=0,
+                                          help="adaptive random restarts")] = 2,
+    eot: Annotated[int, typer.Option("--eot", min=1,
+                                     help="EOT samples for random defences")] = 10,
     eval_draws: Annotated[int, typer.Option(
-        "--eval-draws", help="random defences: draws averaged when judging")] = 1,
+        "--eval-draws", min=1, help="random defences: draws averaged when judging")] = 1,
     n_probes: Annotated[int | None, typer.Option(
-        "--n-probes", help="evaluate the first N probes only")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+        "--n-probes", min=1, help="evaluate the first N probes only")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int, typer.Option("--threads")] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 2,
     out: Annotated[Path | None, typer.Option("--out", help="write results as JSON")] = None,
     data: DataOpt = None,
     cache: CacheOpt = None,
@@ -178,6 +237,7 @@ def evaluate(
     from advface.interpret.scoring import LogitScorer
 
     targets = _targets(out, run_target(run, "evaluate", checkpoint))
+    names = [_defence_key(name) for name in defence or ["none"]]
     torch.set_num_threads(threads)
     model, run_data = load_run(checkpoint, data_dir=data, cache_dir=cache)
     scorer = LogitScorer(model).eval()
@@ -192,21 +252,22 @@ def evaluate(
                 "restarts": restarts, "eot": eot, "eval_draws": eval_draws,
                 "n_images": int(images.shape[0]), "seed": seed}
     # Each finished defence is written at once; a rerun with the same --out and settings
-    # skips the defences already done (an interrupted evaluation resumes).
+    # skips the defences already done (an interrupted evaluation resumes). Results of other
+    # settings are never overwritten.
+    _check_same_settings(targets, checkpoint, settings)
     results: dict = {}
-    source: Path | None = None
+    source: dict[str, Path] = {}
     for target in targets:
-        results = _previous_results(target, checkpoint, settings)
-        if results:
-            source = target
-            break
-    for name in defence or ["none"]:
-        key = name.lower()
+        for key, value in _previous_results(target, checkpoint, settings).items():
+            if key not in results:
+                results[key], source[key] = value, target
+    for key in names:
         if key in results and results[key].get("params") == params.get(key, {}):
             from advface.defences.evaluate import DefenceEvaluation
 
             doc = {k: v for k, v in results[key].items() if k != "params"}
-            typer.echo(DefenceEvaluation(**doc).table() + "\n(from " + str(source) + ")\n")
+            typer.echo(DefenceEvaluation(**doc).table() + "\n(from " + str(source[key])
+                       + ")\n")
             continue
         if key == "none":
             defended = scorer
@@ -241,21 +302,36 @@ def _previous_results(out: Path | None, checkpoint: Path, settings: dict) -> dic
         doc = json.loads(out.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    if doc.get("checkpoint") != str(checkpoint) or doc.get("settings") != settings:
+    if not _same_checkpoint(doc.get("checkpoint"), checkpoint) or \
+            doc.get("settings") != settings:
         return {}
     return dict(doc.get("results", {}))
+
+
+def _defence_key(name: str) -> str:
+    """A --defence name as the results key (bit_depth is bit-depth); unknown ones refused
+    before any work."""
+    from advface.errors import ConfigError
+
+    key = name.lower().replace("_", "-")
+    known = ("none", "jpeg", "bit-depth", "median", "resize-pad")
+    if key not in known:
+        raise ConfigError(f"unknown defence {name!r}", fix=f"use one of {', '.join(known)}")
+    return key
 
 
 @app.command("detect")
 def detect(
     checkpoint: CheckpointOpt,
     eps: EpsOpt = "4",
-    fpr: Annotated[float, typer.Option("--fpr", help="target false-positive rate")] = 0.05,
-    bits: Annotated[int, typer.Option("--bits", help="bit-depth squeezer")] = 5,
-    median_size: Annotated[int, typer.Option("--median-size", help="median squeezer")] = 2,
-    steps: Annotated[int, typer.Option("--steps", help="PGD steps of the attack")] = 20,
+    fpr: Annotated[float, typer.Option("--fpr", min=0.0, max=1.0,
+                                       help="target false-positive rate")] = 0.05,
+    bits: Annotated[int, typer.Option("--bits", min=1, max=8, help="bit-depth squeezer")] = 5,
+    median_size: Annotated[int, typer.Option("--median-size", min=1,
+                                             help="median squeezer")] = 2,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="PGD steps of the attack")] = 20,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int, typer.Option("--threads")] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 2,
     out: Annotated[Path | None, typer.Option("--out", help="write results as JSON")] = None,
     data: DataOpt = None,
     cache: CacheOpt = None,
@@ -274,6 +350,9 @@ def detect(
     from advface.interpret.scoring import LogitScorer
 
     targets = _targets(out, run_target(run, "detect", checkpoint))
+    settings = {"bits": bits, "median_size": median_size, "steps": steps, "seed": seed,
+                "eps": _eps_list(eps)}
+    _check_same_settings(targets, checkpoint, settings)
     torch.set_num_threads(threads)
     model, run_data = load_run(checkpoint, data_dir=data, cache_dir=cache)
     scorer = LogitScorer(model).eval()
@@ -296,15 +375,17 @@ def detect(
             typer.echo(f"eps {e:g}/255: the attack fooled no probe; nothing to detect")
             continue
         roc_res = det.evaluate(probes, fooled)
-        doc = {**roc_res.to_json(), "attack_success_rate": adv.success_rate,
+        # Success over the probes the attack had to change (clean mistakes are not fooled).
+        rate = float(fooled.shape[0]) / max(1, int(clean_ok.sum()))
+        doc = {**roc_res.to_json(), "attack_success_rate": rate,
+               "n_attempted": int(clean_ok.sum()),
                "n_adversarial": int(fooled.shape[0]), "roc": _roc_points(roc_res)}
         results[f"{e:g}"] = doc
         typer.echo(f"eps {e:g}/255: AUC {roc_res.auc:.3f}  TPR {roc_res.tpr_at_threshold:.3f} "
                    f"at FPR {roc_res.fpr_at_threshold:.3f} on probes  (attack success "
-                   f"{adv.success_rate:.3f})")
+                   f"{rate:.3f} of the {int(clean_ok.sum())} probes identified correctly)")
     doc = {"kind": "detect", "checkpoint": str(checkpoint), "fpr_target": fpr, "threshold": thr,
-           "settings": {"bits": bits, "median_size": median_size, "steps": steps, "seed": seed,
-                        "eps": _eps_list(eps)},
+           "settings": settings,
            "n_clean_probes": int(probes.shape[0]), "n_validation": int(val.shape[0]),
            "clean_accuracy": float(clean_ok.double().mean()),
            "n_identities": len(scorer.class_names), "results": results}

@@ -59,6 +59,15 @@ def _say_replaced(chips) -> None:
         typer.echo(note, err=True)
 
 
+def _check_json_out(path: Path | None) -> None:
+    """Before the work: a folder given as --json would fail only when the results are due."""
+    if path is not None and path.is_dir():
+        from advface.errors import AdvfaceError
+
+        raise AdvfaceError("--json names a folder, not a file", path=path,
+                           fix="pass a file name such as results.json")
+
+
 def _write_json(path: Path | None, obj: object) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +134,7 @@ def identify(
     from advface.identify.evaluate import evaluate_identification
     from advface.models.registry import load_face_model
 
+    _check_json_out(json_out)
     lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     records = [r for r in lfw.records if r.key in chips]
     split = make_closed_set_split(records, min_images=min_images,
@@ -159,6 +169,7 @@ def verify(
     from advface.identify.verification import verify_lfw_pairs
     from advface.models.registry import load_face_model
 
+    _check_json_out(json_out)
     lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     pairs = lfw.pairs()
     keys = sorted({k for p in pairs for k in (p.key_a, p.key_b)})
@@ -167,10 +178,10 @@ def verify(
     emb = embed(net, chips, keys, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     res = verify_lfw_pairs(dict(zip(keys, emb, strict=True)), pairs, net.metric)
     seconds = time.perf_counter() - start
-    typer.echo(f"model {model} ({net.metric}): {res['n_pairs']:,} pairs, "
-               f"{len(set(p.fold for p in pairs))} folds")
+    folds = len(set(p.fold for p in pairs))
+    typer.echo(f"model {model} ({net.metric}): {res['n_pairs']:,} pairs, {folds} folds")
     typer.echo(f"accuracy:  {res['mean_accuracy']:.4f} +- {res['std_accuracy']:.4f} "
-               "(10-fold, threshold chosen on the other 9 folds)")
+               f"({folds}-fold, threshold chosen on the other {folds - 1} folds)")
     typer.echo(f"AUC:       {res['auc']:.5f}")
     typer.echo(f"EER:       {res['eer']:.4f}")
     for far, tar in res["tar_at_far"].items():

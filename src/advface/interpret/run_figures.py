@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advface.errors import AdvfaceError
+from advface.errors import AdvfaceError, ConfigError
 
 METHODS = ("vanilla", "smoothgrad", "ig")
 METHOD_NAMES = {"vanilla": "vanilla gradient", "smoothgrad": "SmoothGrad",
@@ -379,6 +379,11 @@ def run_saliency(run_dir: str | Path, models: list[str] | None = None,
     run = load_run(run_dir)
     cfg = load_run_config(run_dir)
     names = list(models) if models else [m.name for m in cfg.models]
+    known = [m.name for m in cfg.models]
+    unknown = [n for n in names if n not in known]
+    if unknown:  # not "no fooled probe": the name is wrong
+        raise ConfigError(f"the run has no model {unknown[0]!r}",
+                          path=Path(run_dir) / "config.yaml", fix=f"use one of: {', '.join(known)}")
     chosen: dict[str, tuple[Any, list[Any]]] = {}
     for name in names:
         pick = choose_cell(run, name, s.attack, s.eps255, s.n)

@@ -454,14 +454,18 @@ def section_defences(run: RunData) -> Section:
             if not isinstance(res, dict):
                 continue
             steps = f"PGD-{st['steps']}" if st.get("steps") is not None else "PGD"
+            over = (f"the {res['n_attempted']} probes identified correctly"
+                    if res.get("n_attempted") is not None else
+                    f"the {doc.get('n_clean_probes', '?')} probes")
             line = (f"at {_eps(e_key)}, {steps} fooled {pct(_f(res.get('attack_success_rate')))} "
-                    f"of the {doc.get('n_clean_probes', '?')} probes; of the "
+                    f"of {over}; of the "
                     f"{res.get('n_adversarial', '?')} successful adversarial examples the "
                     f"detector flags {pct(_f(res.get('tpr_at_threshold')))} at a false-positive "
                     f"rate of {pct(_f(res.get('fpr_at_threshold')))} on the clean probes; ROC "
                     f"AUC {num(_f(res.get('auc')))} (chance 0.500)")
             lines.append(line)
-        tried = [_eps(e) for e in st.get("eps") or [] if f"{_f(e):g}" not in results] \
+        tried = [_eps(e) for e in st.get("eps") or []
+                 if _f(e) is not None and f"{_f(e):g}" not in results] \
             if isinstance(st.get("eps"), list) else []
         if tried:
             lines.append(f"at {_join(tried)} the attack fooled no probe, so there was nothing "
