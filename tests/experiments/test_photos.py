@@ -45,17 +45,28 @@ def test_dodging_fools_dlib_and_every_number_is_measured_on_the_saved_files(lfw_
 
 
 def test_impersonation_and_a_photo_of_a_gallery_image(lfw_bits, tmp_path):
-    # A gallery image given as a photo is aligned exactly as the gallery was: distance 0.
+    # A gallery image given as a photo is left out of the gallery: matched to itself it would
+    # be decided at distance 0, which is no recognition at all.
     in_gallery = sorted((lfw_bits["gallery"] / "Abdoulaye_Wade").glob("*.jpg"))[0]
     target = "Abdullah_Gul"
     got = attack_photos([in_gallery], lfw_bits["gallery"], tmp_path / "imp",
                         goal="impersonation", target=target, eps_8bit=8,
                         params={"steps": 20}, cache_dir=lfw_bits["cache"], progress=False)
     (o,) = got
-    assert o.clean_top[0] == ("Abdoulaye_Wade", 0.0)  # -(Euclidean distance) to itself
-    assert o.label == target and o.label_from == "target"
+    summary = json.loads((tmp_path / "imp" / "summary.json").read_text())
+    assert summary["gallery_excluded_as_photo"] == [f"Abdoulaye_Wade/{in_gallery.name}"]
+    assert o.clean_top[0][0] == "Abdoulaye_Wade" and o.clean_top[0][1] < -0.1  # his others
+    assert o.label == target and o.label_from == "target" and o.attempted
     assert o.success == (o.adv_top[0][0] == target)
     assert o.success  # 20 steps at 8/255 move dlib's decision to the target
+    assert summary["n_attempted"] == 1 and summary["success_rate"] == 1.0
+    # Impersonating whom the model already names: nothing to change, not in the rate.
+    (same,) = attack_photos([in_gallery], lfw_bits["gallery"], tmp_path / "same",
+                            goal="impersonation", target="Abdoulaye_Wade", eps_8bit=8,
+                            params={"steps": 2}, cache_dir=lfw_bits["cache"], progress=False)
+    summary = json.loads((tmp_path / "same" / "summary.json").read_text())
+    assert not same.attempted and summary["n_attempted"] == 0
+    assert summary["success_rate"] is None
 
 
 def test_bad_input_is_named_with_the_fix(lfw_bits, tmp_path):

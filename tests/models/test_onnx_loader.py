@@ -244,3 +244,30 @@ def test_input_size_defaults_to_the_one_the_graph_declares(tmp_path: Path) -> No
         load_onnx_model(free)
     assert "free.onnx" in str(err.value) and "input_size" in str(err.value)
     assert load_onnx_model(free, input_size=32).input_size == 32
+
+
+class _TanhNet(SmallNet):
+    """SmallNet's very weights behind another activation: same state dict, other function."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.max_pool2d(torch.tanh(self.bn(self.conv(x))), 2)
+        return nn.functional.normalize(self.fc(h.flatten(1)), dim=1)
+
+
+def test_models_that_compute_different_things_never_share_a_fingerprint(tmp_path: Path) -> None:
+    """The embedding cache and a run's resume guard are keyed by these fingerprints."""
+    from advface.experiments.models import fingerprint
+    from advface.identify.embeddings import model_fingerprint
+
+    relu = export(SmallNet().eval(), tmp_path / "relu.onnx", 32, opset=17)
+    tanh = export(_TanhNet().eval(), tmp_path / "tanh.onnx", 32, opset=17)
+    models = [load_onnx_model(relu), load_onnx_model(relu, channel_order="BGR"),
+              load_onnx_model(tanh)]
+    assert models[0].state_dict().keys() == models[2].state_dict().keys()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        outs = [m(x) for m in models]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
+    assert len({model_fingerprint(m) for m in models}) == 3
+    assert len({fingerprint(m) for m in models}) == 3
+    assert model_fingerprint(load_onnx_model(relu)) == model_fingerprint(models[0])

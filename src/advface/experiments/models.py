@@ -21,8 +21,13 @@ from advface.models.softmax_scorer import SoftmaxScorer
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Hash of the weights and class name: keys caches, names the model in the report."""
+    """Hash of the weights, class name and declared identities (an ONNX graph's operations):
+    guards a resumed run, names the model in the report."""
+    from advface.identify.embeddings import declared_identities
+
     h = hashlib.sha256(type(model).__name__.encode())
+    for ident in declared_identities(model):
+        h.update(ident.encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())

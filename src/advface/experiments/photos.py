@@ -44,6 +44,7 @@ class PhotoOutcome:
     clean_top: list[tuple[str, float]]
     adv_top: list[tuple[str, float]]
     success: bool
+    attempted: bool  # the attack had to change the decision (counted in the success rate)
     linf_8bit: float
     l2_8bit: float
     ssim: float
@@ -126,10 +127,21 @@ def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal
     return grid
 
 
+#: A gallery image this close to a photo (embedding distance, both metrics) is that photo: a
+#: different photo of the same person is tenths away; float noise is about 1e-6.
+SAME_IMAGE_DISTANCE = 1e-3
+
+
 def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
-                    log: Callable[[str], None]) -> tuple[Any, int, list[str]]:
-    """The model + the aligned, embedded gallery folder as one score module; its image count
-    and the gallery images that could not be used."""
+                    log: Callable[[str], None], photos: torch.Tensor
+                    ) -> tuple[Any, int, list[str], list[str]]:
+    """The model + the aligned, embedded gallery folder as one score module; its image count,
+    the gallery images that could not be used, and those left out as copies of the photos.
+
+    A photo that is also a gallery image (any LFW photo against the default gallery) would
+    otherwise be matched to itself at distance 0: its clean decision would be no recognition
+    at all, and the attack would have to move away from an exact copy of itself.
+    """
     from advface.align.chips import build_chips
     from advface.data.lfw import open_lfw
     from advface.identify.embeddings import embed
@@ -150,8 +162,24 @@ def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
         raise DataError("no usable gallery image", path=gallery_dir,
                         fix="put images in identity/image sub-folders")
     net = load_face_model(model)
-    emb = embed(net, chips, chips.keys, cache_dir=cache, progress=progress)
-    return GalleryScorer(net, Gallery.from_keys(emb, chips.keys, net.metric)), len(chips), skipped
+    keys = list(chips.keys)
+    emb = embed(net, chips, keys, cache_dir=cache, progress=progress)
+    mine = embed(net, photos, progress=False)
+    twins = torch.cdist(mine.double(), emb.double()).amin(dim=0) < SAME_IMAGE_DISTANCE
+    if net.metric == "cosine":
+        unit = torch.nn.functional.normalize
+        twins |= torch.cdist(unit(mine.double(), dim=1), unit(emb.double(), dim=1)).amin(
+            dim=0) < SAME_IMAGE_DISTANCE
+    excluded = [k for k, t in zip(keys, twins.tolist(), strict=True) if t]
+    for key in excluded:
+        log(f"left out of the gallery (it is one of the photos): {key}")
+    keep = [i for i, t in enumerate(twins.tolist()) if not t]
+    if not keep:
+        raise DataError("the gallery holds nothing but the photos", path=gallery_dir,
+                        fix="give a gallery with other images of the people")
+    kept = [keys[i] for i in keep]
+    gallery = Gallery.from_keys(emb[keep], kept, net.metric)
+    return GalleryScorer(net, gallery), len(kept), skipped, excluded
 
 
 def _goal(goal: str, identity: str | None, target: str | None, decided: torch.Tensor,
@@ -269,7 +297,8 @@ def attack_photos(
     clean = torch.stack([c for c, _ in made])
     cache = (cache_dir or default_cache_dir()).expanduser()
     gallery_dir = (default_data_dir() if gallery_dir is None else Path(gallery_dir)).expanduser()
-    scorer, n_gallery, skipped = _gallery_scorer(gallery_dir, model, cache, progress, log)
+    scorer, n_gallery, skipped, excluded = _gallery_scorer(gallery_dir, model, cache,
+                                                           progress, log, clean)
     names = scorer.identity_names
     clean_scores = _scores(scorer, clean, batch_size)
     goal_obj, labels, label_from = _goal(goal, identity, target, clean_scores.argmax(dim=1),
@@ -296,6 +325,10 @@ def attack_photos(
     adv = torch.stack(saved)  # judged as written to disk
     adv_scores = _scores(scorer, adv, batch_size)
     success = goal_obj.success(adv_scores)
+    # The photos the attack had to change (metrics.attack.counts_toward_success): dodging, those
+    # decided as their identity; impersonation, those not already decided as the target.
+    decided = clean_scores.argmax(dim=1)
+    attempted = decided == labels if goal == "dodging" else decided != labels
     pm = perturbation_metrics(clean, adv)
     outcomes = [PhotoOutcome(
         photo=str(photos[i]), align_method=made[i][1],
@@ -303,6 +336,7 @@ def attack_photos(
         diff_png=f"{stem}_diff_x10.png", goal=goal, label=names[int(labels[i])],
         label_from=label_from, clean_top=_top(clean_scores[i], names),
         adv_top=_top(adv_scores[i], names), success=bool(success[i]),
+        attempted=bool(attempted[i]),
         linf_8bit=float(pm["linf_8bit"][i]), l2_8bit=float(pm["l2_8bit"][i]),
         ssim=float(pm["ssim"][i]), psnr=float(pm["psnr"][i]),
         iterations=iters[i], queries=queries[i], min_eps_8bit=mins[i])
@@ -310,10 +344,13 @@ def attack_photos(
     summary = {
         "model": model, "metric": scorer.gallery.metric, "gallery": str(gallery_dir),
         "gallery_images": n_gallery, "gallery_identities": len(names),
-        "gallery_skipped": skipped, "chance_rank1": 1.0 / len(names),
+        "gallery_skipped": skipped, "gallery_excluded_as_photo": excluded,
+        "chance_rank1": 1.0 / len(names),
         "attack": attack, "norm": norm, "eps_8bit": eps_8bit,
         "min_eps_grid_8bit": grid255 or None, "params": params, "seed": seed,
-        "success_rate": float(success.float().mean()),
+        "n_attempted": int(attempted.sum()),
+        "success_rate": (float(success[attempted].float().mean()) if bool(attempted.any())
+                         else None),
         "photos": [asdict(o) for o in outcomes],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -33,13 +33,27 @@ from advface.errors import DataError
 SAVE_EVERY_BATCHES = 20
 
 
+def declared_identities(model: nn.Module) -> list[str]:
+    """What modules say about themselves beyond their tensors (``cache_identity``).
+
+    A forward pass can depend on more than the weights: an ONNX graph's operations (the state
+    dict holds only its weights) or a channel order. Such a module names it in
+    ``cache_identity`` so that two models computing different things never share a hash.
+    """
+    return [f"{name}={ident}" for name, m in model.named_modules()
+            if (ident := getattr(m, "cache_identity", None)) is not None]
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """Hash of the class name, the declared interface and every state-dict tensor's bytes."""
+    """Hash of the class name, the declared interface, the modules' declared identities and
+    every state-dict tensor's bytes."""
     h = hashlib.sha256()
     cls = type(model)
     h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
     for attr in ("input_size", "embedding_dim", "metric"):
         h.update(f"|{attr}={getattr(model, attr, None)!r}".encode())
+    for ident in declared_identities(model):
+        h.update(f"|{ident}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"|{name}:{t.dtype}:{tuple(t.shape)}|".encode())

@@ -16,6 +16,7 @@ after the import, so nothing else can pick it up by accident.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 import threading
@@ -82,6 +83,14 @@ def _channel_vector(value: float | Sequence[float] | None, name: str) -> torch.T
     return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 class OnnxFaceModel(nn.Module):
     """A converted ONNX graph behind the advface face-model interface.
 
@@ -111,6 +120,10 @@ class OnnxFaceModel(nn.Module):
         self.source = source
         self.register_buffer("mean", mean if mean is not None else torch.zeros(1, 3, 1, 1))
         self.register_buffer("std", std if std is not None else torch.ones(1, 3, 1, 1))
+        # The state dict holds the graph's weights, not its operations, nor the channel order:
+        # both change the embeddings, so both enter every fingerprint (embedding cache, runs).
+        graph_id = _file_digest(source) if source is not None else "no-file"
+        self.cache_identity = f"onnx:{graph_id}|{channel_order}"
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise [0, 1] RGB into what the exported graph expects."""
