@@ -106,7 +106,8 @@ def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
         ci = (f"{sr:.3f} [{s['success_ci_low']:.2f},{s['success_ci_high']:.2f}]"
               if sr is not None else "-")
         rows.append([s["model"], s["attack"], s["goal"], s["surface"], s["norm"],
-                     "-" if eps is None else f"{eps * 255:g}", s["n"], s["status"], clean_acc,
+                     "-" if eps is None else f"{eps * 255:g}", s["n"], s["n_attempted"],
+                     s["status"], clean_acc,
                      robust, None if not n_ids else 1.0 / n_ids, ci, s.get("median_linf"),
                      s.get("median_l2"), s.get("mean_ssim"), s.get("median_psnr")])
     return rows
@@ -132,8 +133,9 @@ def format_summary(run_dir: Path) -> str:
         with ResultsStore(db) as store:
             rows = attack_rows(store, n_ids)
         parts += ["", "## Attack cells (norms in 8-bit units; robust acc beside random 1/C)",
-                  table(["model", "attack", "goal", "surface", "norm", "eps", "n", "status",
-                         "clean acc", "robust acc", "random", "success [95% CI]",
+                  table(["model", "attack", "goal", "surface", "norm", "eps", "n",
+                         "attempted", "status", "clean acc", "robust acc", "random",
+                         "success [95% CI]",
                          "med Linf", "med L2", "mean SSIM", "med PSNR"], rows)
                   if rows else "(no attack cells)"]
     return "\n".join(parts)
