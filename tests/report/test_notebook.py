@@ -44,3 +44,18 @@ def test_unexecuted_notebook_has_a_cell_per_figure(fake_run: Path, tmp_path: Pat
     source = "\n".join(c.source for c in nb.cells)
     for name in figure_builders(load_run(fake_run)):
         assert f"{name!r}, undrawn, run)" in source
+
+
+def test_the_abstract_counts_figures_without_data_as_the_html_does(fake_run: Path,
+                                                                    tmp_path: Path) -> None:
+    """The abstract and Discussion come before any figure: they get the build's list."""
+    from advface.report.text import missing_count
+
+    path = write_notebook(fake_run, tmp_path / "report.ipynb", execute=False,
+                          undrawn=["min_eps"])
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+    assert "undrawn: list[str] = ['min_eps']" in source
+    for key in ("abstract", "discussion", "missing"):
+        assert f"show_section(run, {key!r}, undrawn)" in source
+    run = load_run(fake_run)
+    assert missing_count(run, ["min_eps"]) == missing_count(run, []) + 1

@@ -299,3 +299,22 @@ def test_a_probe_already_misidentified_is_not_counted_as_fooled() -> None:
             row("c", 5, 5, 2, 5, True)]  # c: the model already named the target
     s = summarize_cell(imp, rows)
     assert (s.n_attempted, s.n_success) == (2, 1) and s.asr == 0.5
+
+
+def test_visibility_text_covers_the_cells_of_its_figure(fake_run: Path) -> None:
+    """The figure draws the dodging cells; the sentences beside it must be about the same."""
+    from advface.report import stats as S
+
+    text = report_text(fake_run)
+    sums = [s for s in S.whitebox(S.summaries(load_run(fake_run))) if s.cell.norm == "linf"
+            and s.cell.surface == "probe" and s.ssim is not None and s.psnr is not None]
+    assert {s.cell.goal for s in sums} == {"dodging", "impersonation"}
+    dodging = [s for s in sums if s.cell.goal == "dodging"]
+    worst = min(dodging, key=lambda s: s.ssim)
+    assert f"({worst.cell.goal}): mean SSIM {worst.ssim:.3f}" in text
+    assert "Measured visibility of the saved adversarial images (dodging)" in text
+    for eps in sorted({s.cell.eps255 for s in dodging}):
+        at = [s.ssim for s in dodging if s.cell.eps255 == eps]
+        lo, hi = min(at), max(at)
+        rng = f"{lo:.3f}" if f"{lo:.3f}" == f"{hi:.3f}" else f"{lo:.3f}–{hi:.3f}"
+        assert f"/255: mean SSIM {rng}, mean PSNR" in text, eps

@@ -73,6 +73,18 @@ def test_arcface_gradient_is_finite_at_cos_one() -> None:
     assert torch.isfinite(cos.grad).all()
 
 
+def test_arcface_pushes_a_wrong_class_at_cos_one_and_pulls_a_target_at_minus_one() -> None:
+    """The worst confusions still get a gradient (as CosFace gives them)."""
+    for values in ([1.0, 0.2, 1.0], [-1.0, 0.2, -1.0]):
+        cos = torch.tensor([values], requires_grad=True)
+        ClassificationLoss("arcface", 30.0, 0.5)(cos, torch.tensor([0])).backward()
+        grad = cos.grad[0]
+        assert torch.isfinite(grad).all()
+        assert grad[0] < -1.0  # raise the target
+        if values[2] == 1.0:
+            assert grad[2] > 1.0  # lower the wrong class sitting on the sample
+
+
 def test_contrastive_hand_values() -> None:
     a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     b = torch.tensor([[3.0, 4.0], [0.3, 0.4], [3.0, 4.0]])  # distances 5, 0.5, 5

@@ -61,8 +61,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
         if stale.name not in keep:
             stale.unlink()
     html = write_html(run, out / "report.html", figures=pngs, images=images)
-    nb_path = write_notebook(run_dir, out / "report.ipynb", execute=True, run=run) \
-        if notebook else None
+    undrawn = [name for name, data in pngs.items() if data is None]
+    nb_path = write_notebook(run_dir, out / "report.ipynb", execute=True, run=run,
+                             undrawn=undrawn) if notebook else None
     return ReportPaths(out_dir=out, html=html, notebook=nb_path, figures=paths,
                        undrawn=[k for k, v in pngs.items() if v is None],
                        missing=list(run.missing), images=copies)

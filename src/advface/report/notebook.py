@@ -100,8 +100,14 @@ def show_section(run: RunData, key: str, undrawn: list[str] | None = None) -> No
 
 
 # ---- writing ---------------------------------------------------------------------------------
-def build_notebook(run: RunData, run_dir_in_notebook: str) -> nbformat.NotebookNode:
-    """The notebook's cells; which figures go where is decided from the run, as in the HTML."""
+def build_notebook(run: RunData, run_dir_in_notebook: str,
+                   undrawn: list[str] | None = None) -> nbformat.NotebookNode:
+    """The notebook's cells; which figures go where is decided from the run, as in the HTML.
+
+    ``undrawn``: the figures the run has no data for, when known (the HTML build drew them
+    all): the abstract and Discussion, shown before any figure, count them as missing like
+    the HTML does. Figures found empty while the notebook runs are added as they come.
+    """
     names = list(figure_builders(run))
     sections = build_sections(run)
     referenced = {b.name for s in sections for b in s.blocks if b.kind == "figure"}
@@ -124,14 +130,15 @@ def build_notebook(run: RunData, run_dir_in_notebook: str) -> nbformat.NotebookN
             "from advface.report.notebook import show_figure, show_image, show_section\n\n"
             f"RUN_DIR = Path({run_dir_in_notebook!r})\n"
             "run = load_run(RUN_DIR)\n"
-            "undrawn: list[str] = []  # figures without data, listed under Missing results\n"
+            f"undrawn: list[str] = {sorted(undrawn or [])!r}  # figures without data "
+            "(Missing results)\n"
             "cells = S.summaries(run)  # one aggregate per attack cell, for your own analysis\n"
             "print(f'{len(run.cells)} cells, {len(run.model_names)} models, status {run.status}')"
         ),
     ]
     for section in sections:
         cells.append(new_markdown_cell(f"## {section.title}"))
-        args = "run, " + repr(section.key) + (", undrawn" if section.key == "missing" else "")
+        args = "run, " + repr(section.key) + ", undrawn"
         cells.append(new_code_cell(f"show_section({args})"))
         for block in section.blocks:
             if block.kind == "figure" and block.name in names:
@@ -195,7 +202,7 @@ def execute_notebook(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 600) -
 
 
 def write_notebook(run_dir: str | Path, path: str | Path, execute: bool = True,
-                   run: RunData | None = None) -> Path:
+                   run: RunData | None = None, undrawn: list[str] | None = None) -> Path:
     """Write RUN_DIR's report notebook at `path`, executed (outputs stored) unless told not to.
 
     The run directory is referenced relative to the notebook, so copying the run directory
@@ -209,7 +216,7 @@ def write_notebook(run_dir: str | Path, path: str | Path, execute: bool = True,
         rel = os.path.relpath(run_dir.resolve(), path.parent.resolve())
     except ValueError:  # another drive on Windows
         rel = str(run_dir.resolve())
-    nb = build_notebook(run, rel)
+    nb = build_notebook(run, rel, undrawn)
     if execute:
         execute_notebook(nb, path.parent)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -47,24 +47,26 @@ def arcface_logits(
 ) -> torch.Tensor:
     """ArcFace / additive angular margin: ``s * cos(theta_y + m)`` for the true class.
 
-    ``cos(theta + m) = cos*cos(m) - sin*sin(m)`` with ``sin = sqrt(1 - cos^2)``; the cosine is
-    clamped to ``[-1 + 1e-6, 1 - 1e-6]`` so the square root never sees 0 and its gradient stays
-    finite. ``cos(theta + m)`` stops decreasing once ``theta + m > pi``, which would *reward*
-    pushing a badly classified sample further away, so for ``theta > pi - m`` the target logit
-    falls back to the linear continuation ``cos(theta) - m * sin(m)`` (InsightFace's choice; it
-    is continuous at ``theta = pi - m``). With ``easy_margin`` the margin is applied only where
+    ``cos(theta + m) = cos*cos(m) - sin*sin(m)`` with ``sin = sqrt(1 - cos^2)``; only the
+    square root's argument is clamped (at 1e-6), so its gradient stays finite while every other
+    use of the cosine keeps its full gradient (a wrong class at cos = 1, the worst confusion,
+    must still be pushed away). ``cos(theta + m)`` stops decreasing once ``theta + m > pi``,
+    which would *reward* pushing a badly classified sample further away, so for
+    ``theta > pi - m`` the target logit falls back to ``cos(theta) - m * sin(m)``
+    (InsightFace's choice: still decreasing in theta, though it jumps down at
+    ``theta = pi - m``). With ``easy_margin`` the margin is applied only where
     ``cos(theta) > 0`` (theta < 90 degrees) and the plain cosine is kept elsewhere, which is
     gentler early in training when every sample starts near 90 degrees.
     """
-    c = cos.clamp(-1.0 + _COS_EPS, 1.0 - _COS_EPS)
-    sin = torch.sqrt(1.0 - c * c)
-    phi = c * math.cos(margin) - sin * math.sin(margin)
+    sin = torch.sqrt((1.0 - cos * cos).clamp_min(_COS_EPS))
+    phi = cos * math.cos(margin) - sin * math.sin(margin)
     if easy_margin:
-        phi = torch.where(c > 0, phi, c)
+        phi = torch.where(cos > 0, phi, cos)
     else:
-        phi = torch.where(c > math.cos(math.pi - margin), phi, c - margin * math.sin(margin))
+        phi = torch.where(cos > math.cos(math.pi - margin), phi,
+                          cos - margin * math.sin(margin))
     onehot = F.one_hot(labels, cos.shape[1]).bool()
-    return scale * torch.where(onehot, phi, c)
+    return scale * torch.where(onehot, phi, cos)
 
 
 class ClassificationLoss(nn.Module):
