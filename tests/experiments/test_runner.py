@@ -494,3 +494,18 @@ def test_an_unfinished_in_run_training_is_resumed_not_used(tmp_path: Path) -> No
         train(cfg.model_copy(update={"out_dir": tmp_path / "part"}), progress=False,
               stop_after_epochs=1)
         load_model(spec.model_copy(update={"checkpoint": tmp_path / "part"}))
+
+
+def test_a_checkpoint_from_an_unfinished_training_run_is_named(tmp_path: Path,
+                                                               tiny: dict[str, Path]) -> None:
+    import shutil
+
+    own = tmp_path / "adhoc"
+    shutil.copytree(tiny["ckpt"].parent, own)
+    (own / "state.json").write_text("{}")  # a training run's state, no recorded stop
+    path = write_config(tmp_path / "c.yaml", tiny, attacks="  - {name: fgsm, eps_8bit: [2]}")
+    path.write_text(path.read_text().replace(str(tiny["ckpt"]), str(own / tiny["ckpt"].name)))
+    said: list[str] = []
+    run_experiment(load_experiment(path), tmp_path / "run", progress=False, log=said.append)
+    assert any("has not finished" in m and "'adhoc'" in m for m in said), said
+    assert not any("has not finished" in m and "'dlib'" in m for m in said)

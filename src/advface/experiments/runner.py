@@ -35,7 +35,13 @@ from advface.data.records import identity_of
 from advface.data.splits import ClosedSetSplit, make_closed_set_split
 from advface.errors import AdvfaceError, CheckpointError, ConfigError, DataError
 from advface.experiments.config import AttackSpec, ExperimentConfig, ModelSpec
-from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
+from advface.experiments.models import (
+    LoadedModel,
+    build_scorer,
+    fingerprint,
+    load_model,
+    training_finished,
+)
 from advface.experiments.store import ResultsStore, cell_id
 from advface.metrics.identification import identification_metrics, random_baseline_for
 from advface.metrics.perturbation import perturbation_metrics
@@ -232,6 +238,13 @@ class Runner:
             if self.train_fn is not None:
                 train_fn = lambda s, f=self.train_fn: f(s, self.cfg.data)  # noqa: E731
             model = load_model(spec, train_fn=train_fn).to(self.cfg.device)
+            if (spec.source == "adhoc" and spec.checkpoint is not None
+                    and not training_finished(Path(spec.checkpoint))):
+                # Without a train_config the run cannot finish it; say so rather than study
+                # a half-trained model unawares.
+                self.log(f"note: model {spec.name!r} comes from a training run that has not "
+                         f"finished ({spec.checkpoint}); resume it with `advface train adhoc "
+                         "--resume` for the trained model")
             fp = fingerprint(model)
             self._check_same_weights(spec, fp)
             scorer = build_scorer(spec, model, st.identity_names, gallery_keys, labels,
