@@ -254,8 +254,7 @@ _EXPECTED = {
     "bool_type": "true or false", "string_type": "a string", "path_type": "a path",
     "list_type": "a list", "dict_type": "a mapping of keys", "model_type": "a mapping of keys",
     "model_attributes_type": "a mapping of keys",
-    "string_pattern_mismatch": "a name of letters, digits and _ . + - (no path separators; "
-    "not starting with '.')",
+    "string_pattern_mismatch": "a name without / or \\ that does not start with '.'",
     "too_short": "a non-empty list",
 }
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",

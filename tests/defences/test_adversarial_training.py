@@ -151,3 +151,27 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(
         adv_train(gone, progress=False)
     with pytest.raises(CheckpointError, match="cannot read the init_checkpoint"):
         gone.identity_hash()
+
+
+def test_fine_tuning_may_start_from_an_adversarially_trained_model(tmp_path: Path) -> None:
+    """Its recorded config is an advtrain one (train.data, not data): read either shape."""
+    from types import SimpleNamespace
+
+    from advface.defences.adversarial_training import _init_from
+    from advface.models.adhoc import save_adhoc
+    from advface.training.data import TrainDataConfig
+
+    arch = AdHocArch(n_classes=3, head="softmax", widths=(4,), blocks=(1,), internal_size=8,
+                     embedding_dim=4)
+    torch.manual_seed(0)
+    src = AdHocNet(arch, ["a", "b", "c"])
+    src.metadata["training"] = {"split_hash": "H", "config": {
+        "train": {"data": {"val_fraction": 0.1, "seed": 0}}, "adversarial": {}}}
+    path = save_adhoc(src, tmp_path / "adv")
+    fresh = AdHocNet(arch, ["a", "b", "c"])
+    data = SimpleNamespace(split=SimpleNamespace(hash="H"))
+    _init_from(fresh, path, data, TrainDataConfig(val_fraction=0.1, seed=0))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                 src.state_dict().values(), strict=True))
+    with pytest.raises(CheckpointError, match="validation"):
+        _init_from(fresh, path, data, TrainDataConfig(val_fraction=0.2, seed=0))

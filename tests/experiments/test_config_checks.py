@@ -30,8 +30,8 @@ def _load(tmp_path: Path, body: str, *, quick: bool = False):
     ("{name: x, attack: pgd, params: {stepz: 3}, eps_8bit: [2]}", "no hyper-parameter.*stepz"),
     ("{name: x, attack: pgd, params: {steps: ten}, eps_8bit: [2]}", "steps must be a whole"),
     ("{name: x, attack: pgd, params: {steps: 10.5}, eps_8bit: [2]}", "steps must be a whole"),
-    ("{name: x, attack: pgd, eps_8bit: [-2]}", "finite and > 0"),
-    ("{name: x, attack: pgd, eps_8bit: [.inf]}", "finite and > 0"),
+    ("{name: x, attack: pgd, eps_8bit: [-2]}", "finite and >= 0"),
+    ("{name: x, attack: pgd, eps_8bit: [.inf]}", "finite and >= 0"),
     ("{name: x, attack: pgd, eps_8bit: []}", "eps_8bit is empty"),
     ("{name: x, attack: pgd}", "needs eps_8bit: without it the attack would run unbounded"),
     ("{name: x, attack: cw, norm: linf}", "does not support norm 'linf'"),
@@ -40,7 +40,7 @@ def _load(tmp_path: Path, body: str, *, quick: bool = False):
     ("{name: x, attack: pgd, eps_8bit: [2], surfaces: [gallery], params: {momentum: 0.9}}",
      "gallery poisoning.*no hyper-parameter.*momentum"),
     ("{name: x, attack: cw, surfaces: [gallery]}", "gallery poisoning.*needs eps_8bit"),
-    ("{name: ../x, attack: pgd, eps_8bit: [2]}", "no path separators"),
+    ("{name: ../x, attack: pgd, eps_8bit: [2]}", "without / or"),
 ])
 def test_attack_mistakes_are_named_with_their_line_when_the_config_is_read(
         tmp_path: Path, attack: str, match: str) -> None:
@@ -52,8 +52,9 @@ def test_attack_mistakes_are_named_with_their_line_when_the_config_is_read(
 def test_minimum_norm_attacks_need_no_eps_and_whole_float_counts_are_counts(
         tmp_path: Path) -> None:
     cfg = _load(tmp_path, "attacks:\n  - {name: cw, norm: l2, params: {steps: 20.0}}\n"
-                          "  - {name: pgd, params: {steps: 5}, eps_8bit: [2, 4]}\n")
-    assert [a.name for a in cfg.attacks] == ["cw", "pgd"]
+                          "  - {name: pgd (strong), attack: pgd, params: {steps: 5}, "
+                          "eps_8bit: [0, 2, 4]}\n")
+    assert [a.name for a in cfg.attacks] == ["cw", "pgd (strong)"]  # spaces are fine
 
 
 @pytest.mark.parametrize(("body", "match"), [

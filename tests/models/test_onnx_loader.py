@@ -271,3 +271,14 @@ def test_models_that_compute_different_things_never_share_a_fingerprint(tmp_path
     assert len({model_fingerprint(m) for m in models}) == 3
     assert len({fingerprint(m) for m in models}) == 3
     assert model_fingerprint(load_onnx_model(relu)) == model_fingerprint(models[0])
+
+
+def test_runs_recorded_before_declared_identities_still_resume(tmp_path: Path) -> None:
+    from advface.experiments.models import fingerprint, same_model
+
+    relu = export(SmallNet().eval(), tmp_path / "relu.onnx", 32, opset=17)
+    model = load_onnx_model(relu)
+    assert fingerprint(model) != fingerprint(model, legacy=True)
+    assert same_model(model, fingerprint(model)) and same_model(model, fingerprint(model,
+                                                                                   legacy=True))
+    assert not same_model(load_onnx_model(relu, channel_order="BGR"), fingerprint(model))

@@ -114,11 +114,17 @@ def photos(
         log=lambda message: typer.echo(message, err=True))
     for o in outcomes:
         verdict = "FOOLED" if o.success else "not fooled"
-        if min_eps:
+        if not o.attempted:  # nothing to change: not counted as fooled
+            verdict = ("already not recognised" if o.goal == "dodging"
+                       else "already taken for the target")
+        elif min_eps:
             verdict += (f" from eps {o.min_eps_8bit:g}/255" if o.min_eps_8bit is not None
                         else f" up to eps {eps:g}/255")
         typer.echo(f"{o.photo}: {o.clean_top[0][0]} -> {o.adv_top[0][0]}  {verdict} "
                    f"({o.goal} {o.label}); L-inf {o.linf_8bit:.2f}/255, L2 {o.l2_8bit:.1f}/255, "
                    f"SSIM {o.ssim:.4f}, PSNR {o.psnr:.1f} dB")
-    n = sum(o.success for o in outcomes)
-    typer.echo(f"{n}/{len(outcomes)} fooled; files in {out} (panel.png, summary.json)")
+    tried = [o for o in outcomes if o.attempted]
+    n = sum(o.success for o in tried)
+    rest = len(outcomes) - len(tried)
+    note = f" ({rest} needed no change)" if rest else ""
+    typer.echo(f"{n}/{len(tried)} fooled{note}; files in {out} (panel.png, summary.json)")

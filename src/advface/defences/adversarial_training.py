@@ -290,7 +290,9 @@ def _init_from(model: AdHocNet, path: Path, data: PreparedData, data_cfg: TrainD
             f"{trained.get('split_hash')!r}, this run's {data.split.hash!r}): this run's probes "
             "could be among its training images", path=path, fix=fix)
     # The training/validation hold-out is drawn from the gallery by (val_fraction, seed).
-    theirs = (trained.get("config") or {}).get("data") or {}
+    # A standard model's config has `data`; an adversarially trained one's has `train.data`.
+    config = trained.get("config") or {}
+    theirs = config.get("data") or (config.get("train") or {}).get("data") or {}
     ours = {"val_fraction": data_cfg.val_fraction, "seed": data_cfg.seed}
     if {k: theirs.get(k) for k in ours} != ours:
         raise CheckpointError(

@@ -14,8 +14,8 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from advface.config import ConfigPath, DataConfig, StrictModel, load_yaml, parse_config
 
 #: Names become file names in the run directory (models/<name>.json, clean/<name>.json):
-#: no path separators, not "." or "..".
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")]
+#: no path separators or NUL, and no leading "." (so not "." or ".."); anything else goes.
+Name = Annotated[str, StringConstraints(pattern=r"^[^/\\\x00.][^/\\\x00]*$")]
 
 Goal = Literal["dodging", "impersonation"]
 Surface = Literal["probe", "gallery"]
@@ -25,8 +25,8 @@ Norm = Literal["linf", "l2"]
 class ModelSpec(StrictModel):
     """One classifier C: where its weights come from and how it decides an identity."""
 
-    name: Name = Field(description="label used in results and the report (letters, digits, "
-                       "_ . + -)")
+    name: Name = Field(description="label used in results and the report (no / or \\, no "
+                       "leading '.')")
     source: Literal["dlib", "adhoc", "onnx"] = Field(description="which loader builds the model")
     checkpoint: ConfigPath | None = Field(
         None, description="adhoc: checkpoint dir/file; onnx: the .onnx file")
@@ -82,9 +82,9 @@ class AttackSpec(StrictModel):
         if not eps:
             raise ValueError("eps_8bit is empty: give budgets such as [2, 4, 8], or leave "
                              "the key out for a minimum-norm attack (cw, deepfool)")
-        bad = [e for e in eps if not (0 < e < float("inf"))]
+        bad = [e for e in eps if not (0 <= e < float("inf"))]
         if bad:
-            raise ValueError(f"eps_8bit values must be finite and > 0, got {bad}")
+            raise ValueError(f"eps_8bit values must be finite and >= 0, got {bad}")
         return eps
 
     @model_validator(mode="after")

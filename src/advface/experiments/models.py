@@ -20,13 +20,14 @@ from advface.experiments.config import ModelSpec
 from advface.models.softmax_scorer import SoftmaxScorer
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module, *, legacy: bool = False) -> str:
     """Hash of the weights, class name and declared identities (an ONNX graph's operations):
-    guards a resumed run, names the model in the report."""
+    guards a resumed run, names the model in the report. ``legacy``: without the declared
+    identities, as runs recorded it before they were added."""
     from advface.identify.embeddings import declared_identities
 
     h = hashlib.sha256(type(model).__name__.encode())
-    for ident in declared_identities(model):
+    for ident in [] if legacy else declared_identities(model):
         h.update(ident.encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -69,6 +70,11 @@ def load_model(spec: ModelSpec, *, train_fn=None) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def same_model(model: nn.Module, recorded: str) -> bool:
+    """Whether ``model`` is the one a run recorded (by either fingerprint form)."""
+    return recorded in (fingerprint(model), fingerprint(model, legacy=True))
 
 
 def training_finished(ckpt: Path) -> bool:

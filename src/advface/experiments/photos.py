@@ -104,8 +104,8 @@ def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal
     if goal == "dodging" and target is not None:
         raise ConfigError("--target is for impersonation", fix="pass --goal impersonation")
     attack = attack.lower()
-    if eps_8bit is not None and not (0 < eps_8bit < math.inf):
-        raise ConfigError(f"--eps must be a finite budget > 0, got {eps_8bit:g}",
+    if eps_8bit is not None and not (0 <= eps_8bit < math.inf):
+        raise ConfigError(f"--eps must be a finite budget >= 0, got {eps_8bit:g}",
                           fix="e.g. --eps 8 (L-inf grey levels) or --eps 255 (L2); leave it out "
                           "for C&W and DeepFool, which find their own minimal perturbation")
     if attack not in PER_IMAGE_ATTACKS:
@@ -372,7 +372,8 @@ def _panel(out_dir: Path, outcomes: list[PhotoOutcome]) -> None:
         for ax, name, title in (
             (row[0], o.clean_png, f"clean: {o.clean_top[0][0]}"),
             (row[1], o.adv_png, f"adversarial: {o.adv_top[0][0]}"
-             + (" (fooled)" if o.success else " (not fooled)")),
+             + (" (nothing to change)" if not o.attempted
+                else " (fooled)" if o.success else " (not fooled)")),
             (row[2], o.diff_png, f"difference x10\nL-inf {o.linf_8bit:.2f}/255, "
              f"SSIM {o.ssim:.3f}"),
         ):

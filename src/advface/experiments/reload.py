@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from advface.config import DataConfig
 from advface.errors import AdvfaceError, CheckpointError, ConfigError, DataError
 from advface.experiments.config import ModelSpec
-from advface.experiments.models import LoadedModel, build_scorer, fingerprint, load_model
+from advface.experiments.models import (
+    LoadedModel,
+    build_scorer,
+    fingerprint,
+    load_model,
+    same_model,
+)
 
 
 class RunConfig(BaseModel):
@@ -167,5 +173,5 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None, *,
                 recorded = json.loads(info_path.read_text()).get("fingerprint")
             except (OSError, json.JSONDecodeError):
                 recorded = None
-        out.fingerprint_matches[name] = None if recorded is None else recorded == fp
+        out.fingerprint_matches[name] = None if recorded is None else same_model(model, recorded)
     return out

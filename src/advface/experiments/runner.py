@@ -40,6 +40,7 @@ from advface.experiments.models import (
     build_scorer,
     fingerprint,
     load_model,
+    same_model,
     training_finished,
 )
 from advface.experiments.store import ResultsStore, cell_id
@@ -246,7 +247,7 @@ class Runner:
                          f"finished ({spec.checkpoint}); resume it with `advface train adhoc "
                          "--resume` for the trained model")
             fp = fingerprint(model)
-            self._check_same_weights(spec, fp)
+            self._check_same_weights(spec, model, fp)
             scorer = build_scorer(spec, model, st.identity_names, gallery_keys, labels,
                                   st.chips, batch_size=self.cfg.batch_size,
                                   cache_dir=self.cfg.data.resolved_cache_dir(),
@@ -255,7 +256,7 @@ class Runner:
                                                fingerprint=fp)
             self._write_model_json(spec, model, fp)
 
-    def _check_same_weights(self, spec: ModelSpec, fp: str) -> None:
+    def _check_same_weights(self, spec: ModelSpec, model: torch.nn.Module, fp: str) -> None:
         """Refuse to resume with other weights: one cell would hold two models' rows."""
         info = self.run_dir / "models" / f"{spec.name}.json"
         try:
@@ -266,7 +267,7 @@ class Runner:
             raise CheckpointError(f"cannot read the run's record of model {spec.name!r} "
                                   f"({err})", path=info,
                                   fix="use a new --out directory") from err
-        if recorded is not None and recorded != fp:
+        if recorded is not None and not same_model(model, recorded):
             raise CheckpointError(
                 f"model {spec.name!r} has other weights (fingerprint {fp}) than the ones this "
                 f"run started with ({recorded}); resuming would mix two models' results",

@@ -259,7 +259,8 @@ def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) 
         norm = _norm_name(_main_norm(sums) or "linf")
         main = _main_norm(sums)
         k = sum(1 for s in S.whitebox(sums) if s.cell.goal == "dodging"
-                and s.cell.surface == "probe" and s.cell.norm == main)
+                and s.cell.surface == "probe" and s.cell.norm == main
+                and s.cell.status == "done")  # counted as _cells_count counts
         sec.p(f"Under dodging attacks on probes with an {norm} budget ({k} of the "
               f"{_cells_count(run)}): " + "; ".join(heads) + ".")
     trans = _transfer_sentences(run, sums, headline_only=True)
