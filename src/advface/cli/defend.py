@@ -95,14 +95,17 @@ def _targets(out: Path | None, run_path: Path | None) -> list[Path]:
     return found
 
 
-def _check_same_settings(targets: list[Path], checkpoint: Path, settings: dict) -> None:
-    """Refuse to overwrite results made with another checkpoint or other settings.
+def _earlier_results(targets: list[Path], checkpoint: Path, settings: dict
+                     ) -> dict[Path, dict]:
+    """The results already in each target (read once), refusing any made with another
+    checkpoint or other settings.
 
     Re-running with the same settings reuses (evaluate) or replaces (detect) them; anything
     else would silently drop finished results.
     """
     from advface.errors import AdvfaceError
 
+    found: dict[Path, dict] = {}
     for target in targets:
         doc = _read_doc(target)
         if doc is None:
@@ -115,6 +118,8 @@ def _check_same_settings(targets: list[Path], checkpoint: Path, settings: dict) 
                 f"{doc.get('settings')}); writing would drop them", path=target,
                 fix="rerun with the same settings to add to it, pass another --out, or move "
                 "the file away to replace it")
+        found[target] = dict(doc.get("results") or {})
+    return found
 
 
 def _read_doc(path: Path) -> dict | None:
@@ -254,11 +259,10 @@ def evaluate(
     # Each finished defence is written at once; a rerun with the same --out and settings
     # skips the defences already done (an interrupted evaluation resumes). Results of other
     # settings are never overwritten.
-    _check_same_settings(targets, checkpoint, settings)
     results: dict = {}
     source: dict[str, Path] = {}
-    for target in targets:
-        for key, value in _previous_results(target, checkpoint, settings).items():
+    for target, earlier in _earlier_results(targets, checkpoint, settings).items():
+        for key, value in earlier.items():
             if key not in results:
                 results[key], source[key] = value, target
     for key in names:
@@ -292,20 +296,6 @@ def evaluate(
            "n_identities": len(scorer.class_names), "results": results}
     for target in targets:
         _write(target, doc)
-
-
-def _previous_results(out: Path | None, checkpoint: Path, settings: dict) -> dict:
-    """Results already in ``out`` for the same checkpoint and settings (else empty)."""
-    if out is None or not out.is_file():
-        return {}
-    try:
-        doc = json.loads(out.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not _same_checkpoint(doc.get("checkpoint"), checkpoint) or \
-            doc.get("settings") != settings:
-        return {}
-    return dict(doc.get("results", {}))
 
 
 def _defence_key(name: str) -> str:
@@ -352,7 +342,7 @@ def detect(
     targets = _targets(out, run_target(run, "detect", checkpoint))
     settings = {"bits": bits, "median_size": median_size, "steps": steps, "seed": seed,
                 "eps": _eps_list(eps)}
-    _check_same_settings(targets, checkpoint, settings)
+    _earlier_results(targets, checkpoint, settings)  # refuses what a rerun would drop
     torch.set_num_threads(threads)
     model, run_data = load_run(checkpoint, data_dir=data, cache_dir=cache)
     scorer = LogitScorer(model).eval()
@@ -364,8 +354,9 @@ def detect(
                f"target FPR {fpr:g})")
     with torch.no_grad():
         clean_ok = scorer(probes).argmax(1) == run_data.probe_labels
+    n_ok = int(clean_ok.sum())  # what the attack success rate is over
     results = {}
-    for e in _eps_list(eps):
+    for e in settings["eps"]:
         attack = PGD(Budget.from_8bit("linf", e), steps=steps, random_restarts=0)
         adv = attack.run(scorer, probes, Dodging(run_data.probe_labels), seed=seed)
         # Like Xu et al., only successful adversarial examples are positives, and only those
@@ -376,14 +367,14 @@ def detect(
             continue
         roc_res = det.evaluate(probes, fooled)
         # Success over the probes the attack had to change (clean mistakes are not fooled).
-        rate = float(fooled.shape[0]) / max(1, int(clean_ok.sum()))
+        rate = float(fooled.shape[0]) / max(1, n_ok)
         doc = {**roc_res.to_json(), "attack_success_rate": rate,
-               "n_attempted": int(clean_ok.sum()),
+               "n_attempted": n_ok,
                "n_adversarial": int(fooled.shape[0]), "roc": _roc_points(roc_res)}
         results[f"{e:g}"] = doc
         typer.echo(f"eps {e:g}/255: AUC {roc_res.auc:.3f}  TPR {roc_res.tpr_at_threshold:.3f} "
                    f"at FPR {roc_res.fpr_at_threshold:.3f} on probes  (attack success "
-                   f"{rate:.3f} of the {int(clean_ok.sum())} probes identified correctly)")
+                   f"{rate:.3f} of the {n_ok} probes identified correctly)")
     doc = {"kind": "detect", "checkpoint": str(checkpoint), "fpr_target": fpr, "threshold": thr,
            "settings": settings,
            "n_clean_probes": int(probes.shape[0]), "n_validation": int(val.shape[0]),

@@ -72,9 +72,10 @@ def load_model(spec: ModelSpec, *, train_fn=None) -> nn.Module:
     return model
 
 
-def same_model(model: nn.Module, recorded: str) -> bool:
-    """Whether ``model`` is the one a run recorded (by either fingerprint form)."""
-    return recorded in (fingerprint(model), fingerprint(model, legacy=True))
+def same_model(model: nn.Module, recorded: str, current: str) -> bool:
+    """Whether ``model`` (fingerprint ``current``) is the one a run recorded; the legacy form
+    is hashed only when the current one differs."""
+    return recorded == current or recorded == fingerprint(model, legacy=True)
 
 
 def training_finished(ckpt: Path) -> bool:

@@ -282,6 +282,7 @@ def attack_photos(
     from advface.attacks.base import Budget
     from advface.attacks.registry import factory
     from advface.data.images import load_png, save_png, signed_difference, to_uint8
+    from advface.metrics.attack import counts_toward_success
     from advface.metrics.perturbation import perturbation_metrics
     from advface.paths import default_cache_dir, default_data_dir
 
@@ -325,10 +326,9 @@ def attack_photos(
     adv = torch.stack(saved)  # judged as written to disk
     adv_scores = _scores(scorer, adv, batch_size)
     success = goal_obj.success(adv_scores)
-    # The photos the attack had to change (metrics.attack.counts_toward_success): dodging, those
-    # decided as their identity; impersonation, those not already decided as the target.
-    decided = clean_scores.argmax(dim=1)
-    attempted = decided == labels if goal == "dodging" else decided != labels
+    # The photos the attack had to change: dodging, those decided as their identity;
+    # impersonation, those not already decided as the target (labels hold the targets).
+    attempted = counts_toward_success(goal, clean_scores.argmax(dim=1), labels, labels)
     pm = perturbation_metrics(clean, adv)
     outcomes = [PhotoOutcome(
         photo=str(photos[i]), align_method=made[i][1],

@@ -173,5 +173,6 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None, *,
                 recorded = json.loads(info_path.read_text()).get("fingerprint")
             except (OSError, json.JSONDecodeError):
                 recorded = None
-        out.fingerprint_matches[name] = None if recorded is None else same_model(model, recorded)
+        out.fingerprint_matches[name] = (None if recorded is None
+                                         else same_model(model, recorded, fp))
     return out

@@ -267,7 +267,7 @@ class Runner:
             raise CheckpointError(f"cannot read the run's record of model {spec.name!r} "
                                   f"({err})", path=info,
                                   fix="use a new --out directory") from err
-        if recorded is not None and not same_model(model, recorded):
+        if recorded is not None and not same_model(model, recorded, fp):
             raise CheckpointError(
                 f"model {spec.name!r} has other weights (fingerprint {fp}) than the ones this "
                 f"run started with ({recorded}); resuming would mix two models' results",

@@ -36,9 +36,11 @@ def attack_success_rate(success: Any) -> float:
     return float(_bool_vector(success, "success").mean())
 
 
-def counts_toward_success(goal: str, clean_pred: int | None, true_label: int | None,
-                          target_label: int | None = None) -> bool | None:
+def counts_toward_success(goal: str, clean_pred: Any, true_label: Any,
+                          target_label: Any = None) -> Any:
     """Whether an item enters the attack success rate: the attack had to change a decision.
+    Labels are ints (one item: True/False, ``None`` when unknown) or equal-shaped tensors or
+    arrays (elementwise).
 
     Dodging counts the probes the model identified correctly before the attack (a probe it
     already got wrong is not "fooled" by anything); impersonation the probes it did not already

@@ -16,7 +16,6 @@ after the import, so nothing else can pick it up by accident.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any, Literal, NoReturn
 import torch
 from torch import nn
 
+from advface.data.download import sha256_file
 from advface.errors import CheckpointError
 
 _IMPORT_LOCK = threading.Lock()
@@ -83,14 +83,6 @@ def _channel_vector(value: float | Sequence[float] | None, name: str) -> torch.T
     return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 class OnnxFaceModel(nn.Module):
     """A converted ONNX graph behind the advface face-model interface.
 
@@ -122,7 +114,7 @@ class OnnxFaceModel(nn.Module):
         self.register_buffer("std", std if std is not None else torch.ones(1, 3, 1, 1))
         # The state dict holds the graph's weights, not its operations, nor the channel order:
         # both change the embeddings, so both enter every fingerprint (embedding cache, runs).
-        graph_id = _file_digest(source) if source is not None else "no-file"
+        graph_id = sha256_file(source)[:16] if source is not None else "no-file"
         self.cache_identity = f"onnx:{graph_id}|{channel_order}"
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:

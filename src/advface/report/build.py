@@ -65,5 +65,5 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     nb_path = write_notebook(run_dir, out / "report.ipynb", execute=True, run=run,
                              undrawn=undrawn) if notebook else None
     return ReportPaths(out_dir=out, html=html, notebook=nb_path, figures=paths,
-                       undrawn=[k for k, v in pngs.items() if v is None],
+                       undrawn=undrawn,
                        missing=list(run.missing), images=copies)

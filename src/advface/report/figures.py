@@ -22,7 +22,6 @@ from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 
 from advface.data.images import signed_difference
-from advface.metrics.attack import counts_toward_success
 from advface.report import stats as S
 from advface.report.load import GOALS, Cell, Row, RunData, fmt_eps
 
@@ -239,7 +238,7 @@ def fig_visibility(run: RunData, norm: str = "linf") -> Figure | None:
             and s.cell.surface == "probe"]
     if not any(s.ssim is not None or s.psnr is not None for s in sums):
         return None
-    goal = "dodging" if any(s.cell.goal == "dodging" for s in sums) else sums[0].cell.goal
+    goal = S.shown_goal(sums)
     sums = [s for s in sums if s.cell.goal == goal]
     attacks = sorted({s.cell.attack for s in sums})
     fig, (ax_s, ax_p) = _subplots(1, 2, figsize=(10, 4.4))
@@ -420,8 +419,7 @@ def fig_min_eps(run: RunData) -> Figure | None:
                           sharey=True, sharex=True)
     for ax, s in zip(axes[0], mins, strict=False):
         # The items the attack had to change, as the success rates everywhere else.
-        rows = [r for r in run.rows.get(s.cell.cell_id, []) if counts_toward_success(
-            s.cell.goal, r.clean_pred, r.true_label, r.target_label)]
+        rows = S.attempted_rows(s.cell, run.rows.get(s.cell.cell_id, []))
         vals = [r.min_eps for r in rows if r.min_eps is not None and math.isfinite(r.min_eps)]
         never = sum(1 for r in rows if r.min_eps is None or not math.isfinite(r.min_eps))
         top = s.cell.max_eps255 or max(vals, default=1.0)

@@ -60,6 +60,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def attempted_rows(cell: Cell, rows: list[Row]) -> list[Row]:
+    """The rows a cell's success rate is over: the items its attack had to change
+    (:func:`advface.metrics.attack.counts_toward_success`)."""
+    return [r for r in rows if counts_toward_success(cell.goal, r.clean_pred, r.true_label,
+                                                     r.target_label)]
+
+
 def summarize_cell(cell: Cell, rows: list[Row]) -> CellSummary:
     """Aggregate one cell; labels missing from a row exclude that row from accuracy only."""
     clean_acc, _, _ = _mean_bool(
@@ -68,8 +75,7 @@ def summarize_cell(cell: Cell, rows: list[Row]) -> CellSummary:
     robust_acc, _, _ = _mean_bool(
         None if r.adv_pred is None or r.true_label is None else r.adv_pred == r.true_label
         for r in rows)
-    attempted = [r for r in rows if counts_toward_success(
-        cell.goal, r.clean_pred, r.true_label, r.target_label)]
+    attempted = attempted_rows(cell, rows)
     asr, n_success, n_attempted = _mean_bool(r.success for r in attempted)
     queries = finite([r.queries for r in rows])
     fooled = median = None
@@ -144,6 +150,12 @@ def whitebox(sums: list[CellSummary]) -> list[CellSummary]:
     """Attacks with a budget run directly on the attacked model (no transfer, no mineps)."""
     return [s for s in sums if not s.cell.is_transfer and not s.cell.is_mineps
             and s.cell.eps is not None]
+
+
+def shown_goal(sums: list[CellSummary]) -> str:
+    """The one goal a per-goal figure (and the text beside it) shows: dodging when run."""
+    goals = [s.cell.goal for s in sums]
+    return "dodging" if "dodging" in goals or not goals else goals[0]
 
 
 def eps_curve(sums: list[CellSummary], model: str, attack: str, norm: str, goal: str,

@@ -12,7 +12,6 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from advface.metrics.attack import counts_toward_success
 from advface.report import stats as S
 from advface.report.load import RunData, fmt_eps, split_subsets
 
@@ -248,10 +247,8 @@ def table_mineps(run: RunData) -> Table | None:
         return None
     rows = []
     for s in mins:
-        vals = sorted(r.min_eps for r in run.rows[s.cell.cell_id]
-                      if r.min_eps is not None and math.isfinite(r.min_eps)
-                      and counts_toward_success(s.cell.goal, r.clean_pred, r.true_label,
-                                                r.target_label))
+        vals = sorted(r.min_eps for r in S.attempted_rows(s.cell, run.rows[s.cell.cell_id])
+                      if r.min_eps is not None and math.isfinite(r.min_eps))
         quart = (statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1
                  else vals * 3)
         rows.append([s.cell.model, s.cell.base_attack, s.cell.norm, s.cell.goal, str(s.n),

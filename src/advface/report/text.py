@@ -194,6 +194,12 @@ def _transfer_sentences(run: RunData, sums: list[CellSummary],
                         headline_only: bool = False) -> list[str]:
     """One sentence per transfer cell; `headline_only`: only the largest budget of the first
     goal (dodging when run), so an abstract states the setting without listing every cell."""
+    return [text for _, text in _transfer_cells(run, sums, headline_only)]
+
+
+def _transfer_cells(run: RunData, sums: list[CellSummary], headline_only: bool = False
+                    ) -> list[tuple[CellSummary, str]]:
+    """Each transfer cell's summary with its sentence (see :func:`_transfer_sentences`)."""
     mats = S.transfer_matrices(run, sums)
     if headline_only and mats:
         goal = "dodging" if any(m.goal == "dodging" for m in mats) else mats[0].goal
@@ -209,26 +215,16 @@ def _transfer_sentences(run: RunData, sums: list[CellSummary],
             wb = m.rate.get((b, b))
             ref = (f"; white-box {attack_name(m.base_attack)} on {b} at the same budget: "
                    f"{pct(wb.asr)}") if wb else ""
-            out.append(
-                f"{attack_name(m.base_attack)} images crafted at {eps} on {a} fool {b} "
-                f"({m.goal}) on {pct(s.asr)} of {_over(s)}{_ci(s)}, leaving it a rank-1 of "
-                f"{pct(s.robust_acc)} ({_rand(run)}){ref}")
+            out.append((s, f"{attack_name(m.base_attack)} images crafted at {eps} on {a} fool "
+                           f"{b} ({m.goal}) on {pct(s.asr)} of {_over(s)}{_ci(s)}, leaving it a "
+                           f"rank-1 of {pct(s.robust_acc)} ({_rand(run)}){ref}"))
     return out
 
 
 def _strongest_transfer(run: RunData, sums: list[CellSummary]) -> str | None:
     """The transfer sentence of the cell with the highest success rate (the first of equals)."""
-    best: tuple[float, int] | None = None
-    sentences = _transfer_sentences(run, sums)
-    i = 0
-    for m in S.transfer_matrices(run, sums):
-        for (a, b), s in m.rate.items():
-            if a == b:
-                continue
-            if s.asr is not None and (best is None or s.asr > best[0]):
-                best = (s.asr, i)
-            i += 1
-    return sentences[best[1]] if best is not None else None
+    rated = [(s.asr, text) for s, text in _transfer_cells(run, sums) if s.asr is not None]
+    return max(rated, key=lambda item: item[0])[1] if rated else None
 
 
 def _cells_count(run: RunData) -> str:
@@ -256,8 +252,8 @@ def section_abstract(run: RunData, sums: list[CellSummary], undrawn: list[str]) 
         if h:
             heads.append(headline_sentence(run, *h))
     if heads:
-        norm = _norm_name(_main_norm(sums) or "linf")
         main = _main_norm(sums)
+        norm = _norm_name(main or "linf")
         k = sum(1 for s in S.whitebox(sums) if s.cell.goal == "dodging"
                 and s.cell.surface == "probe" and s.cell.norm == main
                 and s.cell.status == "done")  # counted as _cells_count counts
@@ -502,10 +498,8 @@ def section_adversary(run: RunData, sums: list[CellSummary]) -> Section:
     norm = _main_norm(sums)
     vis = [s for s in S.whitebox(sums) if s.cell.norm == norm and s.cell.surface == "probe"
            and s.psnr is not None and s.ssim is not None]
-    # The cells of the figure beside this text (figures.fig_visibility): one goal, dodging
-    # when it was run.
-    goal = "dodging" if any(s.cell.goal == "dodging" for s in vis) else (
-        vis[0].cell.goal if vis else "dodging")
+    # The cells of the figure beside this text (figures.fig_visibility): one goal.
+    goal = S.shown_goal(vis)
     vis = [s for s in vis if s.cell.goal == goal]
     if vis and norm == "linf":
         lines = []
