@@ -29,6 +29,8 @@ def test_registry_rejects_bad_input() -> None:
         registry.create("pgd", Budget("linf", 0.01), stepz=3)
     with pytest.raises(ConfigError, match="no hyper-parameter"):
         registry.factory("square", steps=3)
+    with pytest.raises(ConfigError, match="whole number"):
+        registry.factory("pgd", steps="ten")  # a sweep fails before its first eps, not inside
     with pytest.raises(AdvfaceError, match="norm"):
         registry.create("cw", Budget("linf", 0.01))
 

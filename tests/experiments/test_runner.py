@@ -374,7 +374,8 @@ def test_resume_refuses_images_that_changed_under_the_same_names(tmp_path: Path,
     victim = sorted(people[0].glob("*.jpg"))[0]
     victim.write_bytes(sorted(people[1].glob("*.jpg"))[0].read_bytes())
     said: list[str] = []
-    with pytest.raises(AdvfaceError, match="images changed since this run started") as err:
+    with pytest.raises(AdvfaceError,
+                       match=r"not the images this run was made on.*resuming would mix") as err:
         run_experiment(cfg, run_dir, progress=False, log=said.append)
     assert "run.json" in str(err.value) and "new --out" in str(err.value)
     assert any(line.startswith("re-aligned 1 image") for line in said)

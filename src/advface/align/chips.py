@@ -136,6 +136,16 @@ class ChipIndex:
         pairs = [[k, self.content_id(k)] for k in sorted(set(keys))]
         return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
 
+    def ensure_images_of_run(self, keys: Iterable[str], recorded: str | None, *, path: Path,
+                             fix: str, why: str = "") -> str:
+        """``content_hash(keys)``, refusing it when a run recorded another one (``recorded``
+        None: a run from before the hash, nothing to compare with)."""
+        current = self.content_hash(keys)
+        if recorded is not None and recorded != current:
+            raise DataError("these are not the images this run was made on (same names, other "
+                            f"pixels){why}", path=path, fix=fix)
+        return current
+
     @property
     def fallback_count(self) -> int:
         """How many chips are the fixed fallback crop because dlib found no face."""

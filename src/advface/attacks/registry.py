@@ -77,6 +77,18 @@ def create(name: str, budget: Budget, **hyper: Any) -> Attack:
 def build(cls: type[Any], budget: Budget, *, label: str, **hyper: Any) -> Any:
     """Build ``cls`` (registered or not, e.g. gallery poisoning) with checked
     hyper-parameters: unknown names, wrong types and bad values are :class:`ConfigError`."""
+    hyper = _checked(cls, label, hyper)
+    try:
+        return cls(budget, **hyper)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"bad hyper-parameters for attack {label!r}: {err}",
+            fix="check the types and values in the attack's config",
+        ) from err
+
+
+def _checked(cls: type[Any], label: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
+    """``hyper`` with counts as ints; unknown names and wrong types are :class:`ConfigError`."""
     params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
               if p.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = sorted(set(hyper) - set(params))
@@ -85,14 +97,7 @@ def build(cls: type[Any], budget: Budget, *, label: str, **hyper: Any) -> Any:
             f"attack {label!r} has no hyper-parameter(s) {', '.join(unknown)}",
             fix=f"accepted: {', '.join(sorted(params)) or '(none)'}",
         )
-    hyper = {k: _coerce(label, k, v, params[k].annotation) for k, v in hyper.items()}
-    try:
-        return cls(budget, **hyper)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(
-            f"bad hyper-parameters for attack {label!r}: {err}",
-            fix="check the types and values in the attack's config",
-        ) from err
+    return {k: _coerce(label, k, v, params[k].annotation) for k, v in hyper.items()}
 
 
 def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
@@ -117,14 +122,9 @@ def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
 
 
 def factory(name: str, **hyper: Any) -> AttackFactory:
-    """A ``Budget -> Attack`` builder for sweeps (hyper-parameters validated once, now)."""
-    attack_class(name)
-    unknown = sorted(set(hyper) - set(hyperparameters(name)))
-    if unknown:
-        raise ConfigError(
-            f"attack {name!r} has no hyper-parameter(s) {', '.join(unknown)}",
-            fix=f"accepted: {', '.join(sorted(hyperparameters(name)))}",
-        )
+    """A ``Budget -> Attack`` builder for sweeps (names and types checked once, now; values
+    that depend on the budget when each attack is built)."""
+    _checked(attack_class(name), name, hyper)
 
     def build(budget: Budget) -> Attack:
         return create(name, budget, **hyper)

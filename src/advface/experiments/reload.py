@@ -69,18 +69,12 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return load_yaml(path, RunConfig)
 
 
-def _check_images(run_dir: Path, images_hash: str) -> None:
-    """Refuse a data set whose images are not those the run was made on (same names, other
-    pixels): its gallery would decide other identities than the run's rows say."""
-    info_path = run_dir / "run.json"
+def _recorded_images_hash(run_dir: Path) -> str | None:
+    """The images hash run.json recorded (None for runs from before it)."""
     try:
-        recorded = json.loads(info_path.read_text()).get("images_hash")
+        return json.loads((run_dir / "run.json").read_text()).get("images_hash")
     except (OSError, ValueError):
-        recorded = None  # runs from before images_hash: nothing to compare with
-    if recorded is not None and recorded != images_hash:
-        raise DataError("these are not the images this run was made on (same names, other "
-                        "pixels)", path=info_path,
-                        fix="pass --data with the data set the run used")
+        return None
 
 
 def _identity_names(run_dir: Path, gallery: list[str]) -> list[str]:
@@ -151,7 +145,11 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None, *,
             raise DataError(f"{len(missing)} images of the run could not be aligned "
                             f"(e.g. {missing[:3]})", path=lfw.image_root,
                             fix="see the problems listed by `advface data validate`")
-        _check_images(run_dir, chips.content_hash(needed))
+        # Other pixels under the same names would make the gallery decide other identities
+        # than the run's rows say.
+        chips.ensure_images_of_run(needed, _recorded_images_hash(run_dir),
+                                   path=run_dir / "run.json",
+                                   fix="pass --data with the data set the run used")
         labels = torch.tensor([index[k.split("/", 1)[0]] for k in gallery_keys])
 
     for name in wanted:

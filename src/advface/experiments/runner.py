@@ -206,14 +206,11 @@ class Runner:
                             fix="see the problems listed by `advface data validate`")
         if note := chips.replaced_note():
             self.log(note)
-        images_hash = chips.content_hash(needed)
-        started_with = info.get("images_hash")
-        if started_with is not None and started_with != images_hash:
-            raise DataError("the images changed since this run started (same names, other "
-                            "pixels): resuming would mix results of two data sets",
-                            path=self.run_dir / "run.json",
-                            fix="use a new --out directory, or point the config's data_dir "
-                            "at the data set this run started with")
+        images_hash = chips.ensure_images_of_run(
+            needed, info.get("images_hash"), path=self.run_dir / "run.json",
+            why=": resuming would mix results of two data sets",
+            fix="use a new --out directory, or point the config's data_dir at the data set "
+            "this run started with")
         stats = split.stats()
         root = Path(lfw.image_root)
         self._run_json(split_hash=split.hash, images_hash=images_hash,

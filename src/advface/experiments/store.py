@@ -404,7 +404,8 @@ class ResultsStore:
     # ------------------------------------------------------------------ summaries and export
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per cell: its description, row count, success rate (over ``n_attempted`` items: the
+        """Per cell: its description, row count, clean and robust accuracy (over all rows),
+        success rate (over ``n_attempted`` items: the
         probes a dodging attack had to make misidentified, the probes an impersonation had to
         make named as the target) with a Wilson 95% interval, and
         mean/median of every per-item quantity (NULLs ignored; ``None`` when nothing measured).
@@ -427,6 +428,11 @@ class ResultsStore:
                 entry["success_ci_low"], entry["success_ci_high"] = lo, hi
             else:
                 entry["success_rate"] = entry["success_ci_low"] = entry["success_ci_high"] = None
+            # Over every row: the fraction identified correctly before and after the attack.
+            entry["clean_accuracy"] = (sum(r["clean_pred"] == r["true_label"] for r in data)
+                                       / len(data) if data else None)
+            entry["robust_accuracy"] = (sum(r["adv_pred"] == r["true_label"] for r in data)
+                                        / len(data) if data else None)
             for q in SUMMARY_QUANTITIES:
                 vals = [float(r[q]) for r in data if r[q] is not None]
                 if vals:

@@ -96,19 +96,14 @@ def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
                                                    s["goal"], s["norm"] or "",
                                                    -1.0 if s["eps"] is None else s["eps"]))
     for s in order:
-        data = store.rows(s["cell_id"])
-        clean_ok = [r for r in data if r["clean_pred"] == r["true_label"]]
-        robust = (sum(1 for r in data if r["adv_pred"] == r["true_label"]) / len(data)
-                  if data else None)
-        clean_acc = len(clean_ok) / len(data) if data else None
         eps = s["eps"]
         sr = s["success_rate"]
         ci = (f"{sr:.3f} [{s['success_ci_low']:.2f},{s['success_ci_high']:.2f}]"
               if sr is not None else "-")
         rows.append([s["model"], s["attack"], s["goal"], s["surface"], s["norm"],
                      "-" if eps is None else f"{eps * 255:g}", s["n"], s["n_attempted"],
-                     s["status"], clean_acc,
-                     robust, None if not n_ids else 1.0 / n_ids, ci, s.get("median_linf"),
+                     s["status"], s["clean_accuracy"], s["robust_accuracy"],
+                     None if not n_ids else 1.0 / n_ids, ci, s.get("median_linf"),
                      s.get("median_l2"), s.get("mean_ssim"), s.get("median_psnr")])
     return rows
 
