@@ -41,7 +41,7 @@ VARIANTS = ("setup-only", "per-eps", "swept")
 def config(variant: str, args: argparse.Namespace) -> str:
     attack = " []"
     if variant != "setup-only":
-        sweep = ", sweep: true" if variant == "swept" else ""
+        sweep = f", sweep: {str(variant == 'swept').lower()}"  # explicit: the default sweeps
         attack = (f"\n  - {{name: pgd, params: {{steps: {args.steps}, random_restarts: 1}}, "
                   f"eps_8bit: [{', '.join(f'{e:g}' for e in args.eps)}], "
                   f"goals: [{', '.join(args.goals)}]{sweep}}}")

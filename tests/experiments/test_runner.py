@@ -20,7 +20,7 @@ from advface.data.splits import make_closed_set_split
 from advface.data.synthetic import make_tiny_lfw
 from advface.errors import AdvfaceError, CheckpointError, ConfigError
 from advface.experiments.config import load_experiment
-from advface.experiments.runner import run_experiment
+from advface.experiments.runner import key_png, run_experiment
 from advface.experiments.store import ResultsStore
 from advface.models.adhoc import AdHocArch, AdHocNet, save_adhoc
 
@@ -110,6 +110,23 @@ def test_tiny_run_end_to_end(tmp_path: Path, tiny: dict[str, Path]) -> None:
             assert r["target_label"] != r["true_label"]
         else:
             assert r["success"] == (r["adv_pred"] != r["true_label"])
+    # Judged again here, independently of the runner: each saved PNG against its saved clean
+    # probe (the budget on what is on disk) and through the run's models rebuilt from the run
+    # directory (the recorded decision is the saved file's).
+    from advface.experiments.reload import load_run_models
+
+    loaded = load_run_models(run_dir, progress=False)
+    names = info["identity_names"]
+    for (cell, key), row in rows.items():
+        r = dict(zip(ROW_COLS, row, strict=True))
+        model, _attack, eps, _goal = cell.split("/")
+        adv = load_png(run_dir / r["adv_path"])
+        clean = load_png(run_dir / "images" / "clean" / key_png(key))
+        if eps != "None":
+            assert float((adv - clean).abs().amax()) * 255 <= float(eps) * 255 + 1e-3
+        with torch.no_grad():
+            scores = loaded.models[model].scorer(adv[None])
+        assert int(scores.argmax()) == r["adv_pred"], (cell, key, names[r["adv_pred"]])
     # a rerun of a finished run computes nothing new and changes nothing
     before = rows
     run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
@@ -340,6 +357,55 @@ def test_sweep_config_errors(tmp_path: Path, tiny: dict[str, Path], eps: str, ma
                        attacks=f"  - {{name: pgd, eps_8bit: {eps}, sweep: true}}")
     with pytest.raises(ConfigError, match=match):
         load_experiment(bad)
+
+
+def test_sweep_defaults_on_for_a_grid_that_no_transfer_uses(tmp_path: Path,
+                                                          tiny: dict[str, Path]) -> None:
+    """Unset, ``sweep`` is resolved when the config is read (and recorded in config.yaml):
+    on for two or more budgets, off for one budget, for a transfer source and for gallery-only
+    attacks; an explicit value is kept; the grid is walked upwards whatever order it was
+    written in."""
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks="""
+  - {name: pgd, eps_8bit: [8, 2, 4]}
+  - {name: bim, eps_8bit: [4]}
+  - {name: pgd-off, attack: pgd, eps_8bit: [2, 4], sweep: false}
+  - {name: fgsm, eps_8bit: [2, 8]}
+  - {name: pgd-gallery, attack: pgd, eps_8bit: [2, 4], surfaces: [gallery], n_probes: 2}"""))
+    got = {a.name: (a.sweep, a.eps_8bit) for a in cfg.attacks}
+    assert got == {"pgd": (True, [2, 4, 8]), "bim": (False, [4]), "pgd-off": (False, [2, 4]),
+                   "fgsm": (False, [2, 8]),  # the transfer source of write_config
+                   "pgd-gallery": (False, [2, 4])}
+    from advface.config import to_yaml
+
+    assert "sweep: true" in to_yaml(cfg)
+
+
+def test_success_never_falls_as_eps_grows_by_default(tmp_path: Path,
+                                                     tiny: dict[str, Path]) -> None:
+    """The brief's rule, on a run with default settings: per probe, an attack with a larger
+    budget never reports a weaker result than with a smaller one (unswept per-eps runs can:
+    BIM's step grows with eps and overshoots)."""
+    cfg = load_experiment(write_config(tmp_path / "c.yaml", tiny, attacks="""
+  - {name: bim, params: {steps: 3}, eps_8bit: [1, 2, 4, 8], goals: [dodging, impersonation]}
+  - {name: noise, eps_8bit: [1, 8], goals: [dodging]}
+  - {name: fgsm, eps_8bit: [2], goals: [dodging]}"""))
+    run_dir = run_experiment(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    with ResultsStore(run_dir / "results.sqlite") as store:
+        cells = {c["cell_id"]: c for c in store.cells()}
+        by_group: dict[tuple, dict[float, dict[str, int]]] = {}
+        for r in store.rows():
+            c = cells[r["cell_id"]]
+            if c["eps"] is None or c["attack"] == "transfer":
+                continue
+            group = (c["model"], c["attack"], c["goal"])
+            by_group.setdefault(group, {}).setdefault(c["eps"], {})[r["item_key"]] = r["success"]
+    swept = [g for g in by_group if len(by_group[g]) > 1]
+    assert len(swept) == 2 * 3  # 2 models x (bim dodging, bim impersonation, noise)
+    for group in swept:
+        grid = sorted(by_group[group])
+        for small, large in itertools.pairwise(grid):
+            for key, fooled in by_group[group][small].items():
+                assert by_group[group][large][key] >= fooled, (group, small, large, key)
 
 
 def test_cell_params_of_one_attack() -> None:

@@ -1,7 +1,7 @@
 """`advface defend ...`: adversarial training, and honest evaluation of defences.
 
-Thin wrappers around :mod:`advface.defences`; every number is computed on the run's own probe
-images (the closed-set split stored with the trained model).
+Thin wrappers around :mod:`advface.defences`; every number is computed on the probe images of
+the checkpoint's training run (the closed-set split stored with the trained model).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _eps_list(text: str) -> list[float]:
 
 RunOpt = Annotated[Path | None, typer.Option(
     "--run", help="also file the results with this `advface run` directory "
-    "(RUN_DIR/defences/<command>_<checkpoint>.json), where `advface report` includes them")]
+    "(RUN_DIR/defences/<command>_<checkpoint>-<digest>.json, digest of the checkpoint "
+    "folder's path), where `advface report` includes them")]
 
 
 def _write(out: Path | None, doc: object, *, quiet: bool = False) -> None:
@@ -233,7 +234,8 @@ def evaluate(
     run: RunOpt = None,
 ) -> None:
     """Clean, naive and adaptive robust accuracy (L-inf dodging) of the model behind each
-    defence, on the run's probes. "none" evaluates the model itself (e.g. an adversarially
+    defence, on the probes of the checkpoint's own split (split.json beside the trained model).
+    "none" evaluates the model itself (e.g. an adversarially
     trained one)."""
     import torch
 

@@ -13,7 +13,8 @@ def run(
     config: Path = typer.Argument(..., help="experiment config (YAML), e.g. "
                                   "configs/lfw_default.yaml"),
     out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="run directory (default runs/<name>)"),
+                                    help="run directory (default runs/<name>, "
+                                    "runs/<name>-quick with --quick)"),
     quick: bool = typer.Option(False, "--quick", help="apply the config's quick: preset (minutes)"),
     data: Path | None = typer.Option(None, "--data", help="override data.data_dir"),
     cache: Path | None = typer.Option(None, "--cache", help="override data.cache_dir"),

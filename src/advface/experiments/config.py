@@ -67,12 +67,15 @@ class AttackSpec(StrictModel):
     n_probes: int | None = Field(None, ge=1, description="fewer probes for costly attacks")
     minimal_eps: bool = Field(False, description="also search each probe's minimal fooling eps "
                               "over eps_8bit")
-    sweep: bool = Field(
-        False, description="probe cells walk eps_8bit upwards as one sweep: a probe fooled at "
+    sweep: bool | None = Field(
+        None, description="probe cells walk eps_8bit upwards as one sweep: a probe fooled at "
         "the previous eps keeps that adversarial (it lies inside the larger ball), the others "
         "are attacked again warm-started from it; success is then monotone in eps, and a "
         "probe fooled at a smaller eps costs nothing at the larger ones (the main job's PGD "
-        "grid: 25% fewer steps; benchmarks/runner_sweep.py). Gallery cells are not affected")
+        "grid: 25% fewer steps; benchmarks/runner_sweep.py). Gallery cells are not affected. "
+        "Default (unset): on for an attack with two or more budgets that no transfer uses, so "
+        "a larger budget never reports fewer fooled probes than a smaller one; false runs "
+        "every eps on its own")
 
     @field_validator("eps_8bit")
     @classmethod
@@ -215,6 +218,22 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"transfer names unknown attack {t.attack!r}; "
                                  f"attacks are {attack_names}")
             _check_transfer_source(next(a for a in self.attacks if a.name == t.attack))
+        return self
+
+    @model_validator(mode="after")
+    def _default_sweep(self) -> ExperimentConfig:
+        """An unset ``sweep`` becomes true where a grid can be swept: a larger budget then
+        never reports fewer fooled probes than a smaller one on the same probes (separate
+        per-eps runs can: a step size that grows with eps overshoots). Transfer sources stay
+        unswept (their images must use the whole budget). Resolved here, so config.yaml
+        records what ran."""
+        sources = {t.attack for t in self.transfer}
+        for a in self.attacks:
+            if a.sweep is None:
+                grid = sorted(set(a.eps_8bit or []))
+                a.sweep = len(grid) >= 2 and a.name not in sources and "probe" in a.surfaces
+                if a.sweep:
+                    a.eps_8bit = grid  # a sweep walks upwards; the order is not a result
         return self
 
 
