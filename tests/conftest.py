@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from advface.paths import default_data_dir
+from needs_data import skip_without_lfw
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg")
@@ -27,7 +28,7 @@ def lfw_bits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     REPO.parent / "shared" / "data" / "lfw")
                     if (d / "lfw-deepfunneled.tgz").is_file()), None)
     if archive is None:
-        pytest.skip("LFW archive not found (set ADVFACE_DATA)")
+        skip_without_lfw("LFW archive not found (set ADVFACE_DATA)")
     root = tmp_path_factory.mktemp("photos")
     n = 0
     with tarfile.open(archive, "r|gz") as tar:

@@ -11,6 +11,7 @@ import pytest
 from advface.data.records import ImageRecord
 from advface.data.synthetic import make_tiny_lfw
 from advface.paths import default_data_dir
+from needs_data import skip_without_lfw
 
 ARCHIVE = "lfw-deepfunneled.tgz"
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def real_records(tmp_path_factory: pytest.TempPathFactory) -> list[ImageRecord]:
     """Eight real LFW images (the first ones in the archive), or skip without LFW."""
     archive = lfw_archive()
     if archive is None:
-        pytest.skip(f"{ARCHIVE} not found under {default_data_dir()} (set ADVFACE_DATA)")
+        skip_without_lfw(f"{ARCHIVE} not found under {default_data_dir()} (set ADVFACE_DATA)")
     return extract_first_jpegs(archive, tmp_path_factory.mktemp("lfw-real"), 8)
 
 

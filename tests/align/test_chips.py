@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import dlib  # a pinned dependency: a broken install must fail here, not skip
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,6 @@ from advface.align.dlib_align import AlignParams, DlibAligner, fallback_rect, sh
 from advface.data.images import load_rgb
 from advface.data.records import ImageRecord
 from advface.errors import DataError
-
-dlib = pytest.importorskip("dlib")
 
 
 def _counting_align(monkeypatch) -> list[str]:

@@ -155,3 +155,29 @@ def test_global_rng_untouched(tiny_net: TinyNet, images: torch.Tensor, labels) -
             tiny_net, images, Dodging(labels), seed=4
         )
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(("name", "norm"), [("cw", "l2"), ("deepfool", "l2"),
+                                            ("deepfool", "linf")])
+def test_minimum_norm_attacks_fool_everything_and_report_the_measured_norm(
+    name: str, norm: str, tiny_net: TinyNet, images: torch.Tensor, labels
+) -> None:
+    """Unbounded, C&W and DeepFool must fool every image of a toy model, and ``min_eps`` (what
+    sweeps and reports read as "the minimal perturbation") must be the norm of the returned
+    image's perturbation, not the size of a continuous iterate before rounding."""
+    hyper: dict[str, dict[str, int]] = {"cw": {"steps": 20, "binary_search_steps": 3},
+                                        "deepfool": {"steps": 20}}
+    x, goal = images[:6], Dodging(labels[:6])
+    result = create(name, Budget(norm, math.inf), **hyper[name]).run(  # type: ignore[arg-type]
+        tiny_net, x, goal, seed=0)
+    assert bool(result.success.all()), result.success
+    with torch.no_grad():
+        assert bool(goal.success(tiny_net(result.adv)).all())  # judged independently
+    assert on_grid(result.adv)
+    measured = l2_norm(result.adv - x) if norm == "l2" else linf_norm(result.adv - x)
+    assert result.min_eps is not None
+    torch.testing.assert_close(result.min_eps, measured, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.l2, l2_norm(result.adv - x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.linf, linf_norm(result.adv - x), rtol=0, atol=1e-6)
+    # Every image started correctly classified, so fooling it took a non-zero perturbation.
+    assert bool((result.min_eps > 0).all())

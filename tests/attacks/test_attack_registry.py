@@ -73,3 +73,26 @@ def test_hyper_parameter_types_are_checked_when_the_attack_is_built() -> None:
     assert unbounded.budget.eps == float("inf")
     with pytest.raises(ConfigError, match="eps255 must be a number"):
         registry.from_config({"name": "pgd", "norm": "linf", "eps255": "eight"})
+
+
+@pytest.mark.parametrize(("name", "hyper"), [
+    ("pgd", {"step_size": -0.01}), ("pgd", {"step_size": float("nan")}),
+    ("bim", {"step_size": 0.0}), ("pgd", {"temperature": 0.0}), ("fgsm", {"kappa": -1.0}),
+    ("mifgsm", {"momentum": -1.0}), ("pgd", {"ti_kernel": -3}),
+    ("pgd", {"input_diversity": -0.5}), ("universal", {"step_size": -1.0}),
+    ("cw", {"lr": float("nan")}), ("cw", {"kappa": -1.0}),
+    ("deepfool", {"overshoot": float("nan")}),
+])
+def test_settings_that_would_understate_an_attack_are_refused(name: str, hyper: dict) -> None:
+    """A negative or NaN step, a zero temperature, a negative kappa or momentum would let the
+    attack find less than it can, and the model look more robust than it is: refused when the
+    attack is built (from a config: when the config is read)."""
+    norm = "l2" if name in ("cw", "deepfool") else "linf"
+    with pytest.raises(AdvfaceError):
+        registry.create(name, Budget.from_8bit(norm, 8), **hyper)
+
+
+def test_a_single_step_attack_at_eps_zero_is_the_clean_point() -> None:
+    """eps 0 (an epsilon curve's clean point) is a budget, not a bad step size."""
+    fgsm = registry.create("fgsm", Budget("linf", 0.0))
+    assert fgsm.step_size == 0.0

@@ -68,6 +68,27 @@ def test_advtrain_from_a_config_file(tiny_lfw: Path, tmp_path: Path) -> None:
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["adversarial"]["attack"] == "fgsm-rs"
     assert "worst-case" in res.output
+    # Filing other evaluation settings over that result is refused before any training.
+    cfg["evaluation"]["eps_8bit"] = [8]
+    path.write_text(yaml.safe_dump(cfg))
+    before = advtrain_file.read_text()
+    again = runner.invoke(app, ["advtrain", "--config", str(path), "--out", str(out),
+                                "--resume", "--quiet", "--run", str(study)])
+    assert isinstance(again.exception, AdvfaceError), again.output
+    assert "other settings" in str(again.exception) and advtrain_file.name in str(again.exception)
+    assert advtrain_file.read_text() == before
+
+
+def test_an_output_under_a_file_is_refused_before_the_work(standard_run: Path,
+                                                           tmp_path: Path) -> None:
+    """Otherwise the evaluation runs to the end and its results are lost when written."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(standard_run), "--eps", "8",
+                              "--out", str(blocker / "eval.json")])
+    assert isinstance(res.exception, AdvfaceError)
+    assert "which is a file" in str(res.exception) and "afile" in str(res.exception)
+    assert "naive" not in res.output  # refused before any attack ran
 
 
 def test_evaluate_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
@@ -171,3 +192,28 @@ def test_an_output_folder_is_refused_before_the_work(standard_run: Path, tmp_pat
     res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--out",
                               str(tmp_path)])
     assert res.exit_code != 0 and "folder, not a file" in str(res.exception)
+
+
+def test_detect_at_a_fooling_eps_reports_a_valid_auc(standard_run: Path, tmp_path: Path) -> None:
+    """At eps 16/255 with 20 PGD steps the standard model is surely fooled, so there must be
+    adversarial positives and a real ROC AUC: a number in [0, 1], the same on screen as in
+    the JSON (not the "fooled no probe" escape the smoke test above allows)."""
+    import math
+    import re
+
+    out = tmp_path / "detect.json"
+    res = runner.invoke(app, ["detect", "--checkpoint", str(standard_run), "--eps", "16",
+                              "--steps", "20", "--threads", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "fooled no probe" not in res.output
+    shown = re.search(r"eps 16/255: AUC (\S+)", res.output)
+    assert shown is not None, res.output
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "detect" and set(doc["results"]) == {"16"}
+    row = doc["results"]["16"]
+    assert row["n_adversarial"] > 0
+    assert 0 < row["n_adversarial"] <= row["n_attempted"] <= doc["n_clean_probes"]
+    auc = row["auc"]
+    assert isinstance(auc, float) and math.isfinite(auc) and 0.0 <= auc <= 1.0
+    assert float(shown.group(1)) == pytest.approx(auc, abs=5e-4)
+    assert 0.0 < row["attack_success_rate"] <= 1.0

@@ -87,9 +87,36 @@ def test_an_onnx_input_size_is_positive(tmp_path: Path) -> None:
 def test_quick_names_only_attacks_of_the_config(tmp_path: Path, quick: str, match: str) -> None:
     body = ("attacks:\n  - {name: fgsm, eps_8bit: [2, 8]}\n  - {name: bim, eps_8bit: [2]}\n"
             f"quick: {quick}\n")
-    assert len(_load(tmp_path, body).attacks) == 2  # only --quick reads quick:
+    for fast in (True, False):  # named without --quick too: the full run must not hide it
+        with pytest.raises(ConfigError, match=match):
+            _load(tmp_path, body, quick=fast)
+
+
+def test_a_typo_inside_quick_is_named_by_the_full_run(tmp_path: Path) -> None:
+    body = "attacks:\n  - {name: fgsm, eps_8bit: [2, 8]}\nquick: {n_probe: 4}\n"
+    with pytest.raises(ConfigError, match="n_probe"):
+        _load(tmp_path, body)
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    ("batch_size: true\n", "expected a number, got true"),
+    ("attacks:\n  - {name: pgd, eps_8bit: [300]}\n", "above 255 grey levels"),
+    ("models:\n  - {name: d, source: dlib, metric: euclidean}\n", "does not use metric"),
+    ("models:\n  - {name: d, source: dlib, input_size: 112}\n", "does not use input_size"),
+    ("models:\n  - {name: d, source: dlib, train_config: t.yaml}\n", "does not use train_config"),
+])
+def test_settings_that_would_be_ignored_or_misread_are_refused(tmp_path: Path, body: str,
+                                                               match: str) -> None:
+    path = tmp_path / "c.yaml"
+    text = HEAD + body if "models" not in body else HEAD.split("models:")[0] + body
+    path.write_text(text)
     with pytest.raises(ConfigError, match=match):
-        _load(tmp_path, body, quick=True)
+        load_experiment(path)
+
+
+def test_an_l2_budget_may_exceed_255(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, "attacks:\n  - {name: pgd, norm: l2, eps_8bit: [256, 512]}\n")
+    assert cfg.attacks[0].eps_8bit == [256, 512]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -98,3 +125,24 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_runs(tmp_path: P
     with pytest.raises(ConfigError, match="not available here"):
         Runner(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dlib_model_reads_the_descriptor_file_its_checkpoint_names(tmp_path: Path) -> None:
+    """checkpoint: for dlib is used (a copy of the descriptor file here), not ignored."""
+    import shutil
+
+    from advface.errors import AdvfaceError
+    from advface.experiments.config import ModelSpec
+    from advface.experiments.models import load_model
+    from advface.models.dlib_format import dlib_model_path
+
+    copy = tmp_path / "copy.dat"
+    shutil.copy(dlib_model_path(), copy)
+    default = load_model(ModelSpec(name="d", source="dlib"))
+    mine = load_model(ModelSpec(name="d", source="dlib", checkpoint=copy))
+    x = torch.rand(1, 3, 150, 150)
+    with torch.no_grad():
+        assert torch.equal(default(x), mine(x))
+    copy.write_bytes(copy.read_bytes()[:1000])  # a broken file is named, not replaced
+    with pytest.raises(AdvfaceError, match=r"copy\.dat|truncated|end"):
+        load_model(ModelSpec(name="d", source="dlib", checkpoint=copy))

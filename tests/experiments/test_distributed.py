@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import ray  # a pinned dependency: a broken install must fail here, not skip
 import torch
 
 from advface.data.lfw import open_lfw
@@ -21,8 +22,6 @@ from advface.experiments.distributed import ChunkTask, compute_chunk, run_distri
 from advface.experiments.runner import Runner, run_experiment
 from advface.experiments.store import ROW_COLUMNS, ResultsStore
 from advface.models.adhoc import AdHocArch, AdHocNet, save_adhoc
-
-ray = pytest.importorskip("ray")
 
 ATTACKS = """
   - {name: fgsm, eps_8bit: [2, 8], goals: [dodging, impersonation]}

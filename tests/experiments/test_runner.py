@@ -138,8 +138,30 @@ def test_resume_refuses_other_config(tmp_path: Path, tiny: dict[str, Path]) -> N
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("name: something-else\n")
+    (run_dir / "clean").mkdir()
+    (run_dir / "clean" / "dlib.json").write_text("{}")  # a result of that other config
     with pytest.raises(AdvfaceError, match="different config"):
         run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+
+
+def test_a_start_that_failed_before_any_result_does_not_lock_its_directory(
+        tmp_path: Path, tiny: dict[str, Path]) -> None:
+    """A data_dir typo fails the first start after its records are written; rerunning in the
+    same directory with the error's fix (the corrected config) must work, not be refused as
+    'a different config'. Once a result exists, a different config is refused again."""
+    good = write_config(tmp_path / "good.yaml", tiny, attacks=FAST_ATTACKS)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(good.read_text().replace(str(tiny["data"]), str(tiny["data"]) + "-typo"))
+    run_dir = tmp_path / "run"
+    with pytest.raises(AdvfaceError, match="not found"):
+        run_experiment(load_experiment(typo), run_dir, progress=False, log=lambda m: None)
+    assert (run_dir / "config.yaml").is_file()  # the records of the failed start
+    said: list[str] = []
+    run_experiment(load_experiment(good), run_dir, progress=False, log=said.append)
+    assert any("no result of its earlier start" in line for line in said)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    with pytest.raises(AdvfaceError, match="different config"):
+        run_experiment(load_experiment(typo), run_dir, progress=False, log=lambda m: None)
 
 
 def test_config_errors_name_the_problem(tmp_path: Path, tiny: dict[str, Path]) -> None:

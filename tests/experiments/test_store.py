@@ -280,7 +280,7 @@ def test_export_parquet_without_pyarrow_says_how_to_fix(
 
 
 def test_export_parquet_round_trip(store: ResultsStore, tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
     cid = store.add_cell(**CELL)
     store.put_rows(cid, _rows(3))
     assert store.export_parquet(tmp_path / "rows.parquet") == 3
@@ -409,3 +409,92 @@ def test_damaged_run_files_and_unwritable_exports_are_named(tmp_path: Path) -> N
             AdvfaceError, match="cannot write the CSV export"):
         store.export_csv(run / "results.sqlite" / "rows.csv")  # a file where a folder must be
     assert CliRunner().invoke(app, ["run", "c.yaml", "--ray", "--workers", "0"]).exit_code == 2
+
+
+def _tables(path: Path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master"))
+    finally:
+        con.close()
+
+
+def _foreign_db(path: Path) -> Path:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (x)")
+    con.commit()
+    con.close()
+    return path
+
+
+def test_read_only_store_reads_and_cannot_write(store: ResultsStore) -> None:
+    cid = store.add_cell(**CELL)
+    store.put_rows(cid, [{"item_key": "a/1", "success": 1}])
+    with ResultsStore(store.path, read_only=True) as ro:
+        assert [c["cell_id"] for c in ro.cells()] == [cid]
+        assert [r["item_key"] for r in ro.rows()] == ["a/1"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            ro.add_cell(**{**CELL, "model": "other"})
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "foreign", "absent"])
+def test_read_only_store_refuses_what_is_not_a_store(tmp_path: Path, kind: str) -> None:
+    """No tables are created in an empty or foreign file, and no file where there was none."""
+    path = tmp_path / "results.sqlite"
+    if kind == "zero-byte":
+        path.touch()
+    elif kind == "foreign":
+        _foreign_db(path)
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(AdvfaceError) as err:
+        ResultsStore(path, read_only=True)
+    assert err.value.path == path
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "foreign"])
+def test_results_cli_refuses_a_foreign_store(tmp_path: Path, kind: str) -> None:
+    """`advface results` must not turn a stray SQLite file into an empty store (rc 0)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "results.sqlite"
+    if kind == "zero-byte":
+        path.touch()
+    else:
+        _foreign_db(path)
+    tables = _tables(path)
+    res = subprocess.run(
+        [sys.executable, "-c", "from advface.cli.main import main; main()", "results", str(run)],
+        capture_output=True, text=True, check=False)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "not an advface results store" in res.stderr and str(path) in res.stderr
+    assert _tables(path) == tables
+
+
+@pytest.mark.parametrize(("field", "value"), [("split_stats", [1]), ("split_stats", "x"),
+                                              ("identity_names", "Ada_Quill"),
+                                              ("identity_names", 3)])
+def test_garbled_run_json_fields_are_named(tmp_path: Path, field: str, value: object) -> None:
+    from advface.errors import DataError
+    from advface.experiments.summary import format_summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({field: value}))
+    with pytest.raises(DataError, match=field) as err:
+        format_summary(run)
+    assert err.value.path == run / "run.json"
+
+
+def test_run_json_fields_set_the_baseline(tmp_path: Path) -> None:
+    from advface.experiments.summary import format_summary
+
+    run = tmp_path / "run"
+    with ResultsStore(run / "results.sqlite") as s:
+        cid = s.add_cell(**CELL)
+        s.put_rows(cid, [{"item_key": "a/1", "clean_pred": 0, "adv_pred": 1, "true_label": 0,
+                          "success": 1}])
+    (run / "run.json").write_text(json.dumps({"identity_names": ["a", "b", "c", "d"],
+                                              "split_stats": {"gallery": 4}}))
+    text = format_summary(run)
+    assert "split: gallery=4" in text and "| 0.250  |" in text

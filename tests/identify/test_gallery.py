@@ -174,3 +174,50 @@ def test_gallery_scorer_rejects_mismatched_dimension(tiny_model):
     gal = Gallery(torch.randn(3, 5), [0, 1, 1], ["a", "b"], "euclidean")
     with pytest.raises(ValueError, match="dimensions"):
         GalleryScorer(tiny_model, gal)
+
+
+class _LinearFace(torch.nn.Module):
+    """A linear embedder in float64 with the face-model attributes (toy scale)."""
+
+    embedding_dim = 5
+
+    def __init__(self, metric: str, input_size: int | None, side: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.metric = metric
+        self.input_size = input_size
+        self.fc = torch.nn.Linear(3 * side * side, self.embedding_dim).double()
+        with torch.no_grad():
+            for p in self.fc.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("mode", ["nearest", "centroid"])
+@pytest.mark.parametrize(("input_size", "chunk_elems"), [(None, 1 << 22), (6, 3)])
+def test_gallery_scorer_gradient_is_the_true_derivative(metric, mode, input_size, chunk_elems):
+    """Attacks step along the GalleryScorer's input gradient; gradcheck (float64, central
+    differences) verifies it is the derivative of the scores, through the resize, the metric,
+    the per-identity maximum (also when the gallery is scored in blocks) and the centroids.
+    The queries are kept clear of ties between an identity's images, where the maximum has no
+    derivative."""
+    side = 8
+    model = _LinearFace(metric, input_size, input_size or side)
+    g = torch.Generator().manual_seed(11)
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    gal = Gallery(torch.randn(len(labels), 5, generator=g), labels, ["a", "b", "c", "d"],
+                  metric, chunk_elems=chunk_elems)
+    scorer = GalleryScorer(model, gal, mode)
+    x = torch.rand(2, 3, side, side, generator=g, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        sims = gal.image_scores(scorer.embed(x))
+    lab = torch.tensor(labels)
+    for i in range(4):  # an identity's best image wins clearly (no tie within 1e-3)
+        top2 = sims[:, lab == i].topk(2, dim=1).values
+        assert bool((top2[:, 0] - top2[:, 1] > 1e-3).all())
+    assert torch.autograd.gradcheck(scorer, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    scorer(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # not a vacuous 0 == 0

@@ -61,3 +61,49 @@ def test_unknown_identity_is_a_clear_error(checkpoint: Path, face: Path) -> None
                               "--target", "Chloe_Sat"])
     assert res.exit_code != 0
     assert "Chloe_Sato" in str(res.exception)
+
+
+def test_saliency_writes_to_the_working_directory_by_default(
+        checkpoint: Path, face: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not beside the image: there it would become one more photo of that person."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(face.parent.iterdir())
+    res = runner.invoke(app, ["saliency", "--checkpoint", str(checkpoint), "--image", str(face),
+                              "--method", "vanilla"])
+    assert res.exit_code == 0, res.output
+    assert load_png(work / "face_vanilla.png").shape == (3, 32, 32)
+    assert sorted(face.parent.iterdir()) == before
+
+
+def test_saliency_help_names_the_default_output() -> None:
+    import typer
+
+    command = typer.main.get_command(app).commands["saliency"]  # type: ignore[attr-defined]
+    (out,) = [p for p in command.params if p.name == "out"]
+    assert "current directory" in (out.help or "")
+
+
+def test_saliency_refuses_an_out_that_is_not_png(checkpoint: Path, face: Path,
+                                                 tmp_path: Path) -> None:
+    from advface.errors import AdvfaceError
+
+    out = tmp_path / "overlay.jpg"
+    res = runner.invoke(app, ["saliency", "--checkpoint", str(checkpoint), "--image", str(face),
+                              "--method", "vanilla", "--out", str(out)])
+    assert isinstance(res.exception, AdvfaceError), res.output
+    assert ".png" in str(res.exception) and res.exception.path == out
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--alpha", "1.5"), ("--alpha", "-0.1"),
+                                               ("--smooth", "-1"), ("--samples", "0"),
+                                               ("--steps", "0"), ("--noise", "-0.1")])
+def test_saliency_bounds_its_numbers(checkpoint: Path, face: Path, tmp_path: Path,
+                                     option: str, value: str) -> None:
+    out = tmp_path / "o.png"
+    res = runner.invoke(app, ["saliency", "--checkpoint", str(checkpoint), "--image", str(face),
+                              "--method", "vanilla", "--out", str(out), option, value])
+    assert res.exit_code == 2, res.output
+    assert option in res.output and not out.exists()

@@ -12,17 +12,17 @@ import io
 import tarfile
 from pathlib import Path
 
+import dlib  # a pinned dependency: a broken install must fail here, not skip
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from advface.errors import CheckpointError
 from advface.models.dlib_format import dlib_model_path
 from advface.models.dlib_resnet import load_dlib_resnet
 from advface.paths import default_data_dir
-
-dlib = pytest.importorskip("dlib")
-Image = pytest.importorskip("PIL.Image")
+from needs_data import skip_without_lfw
 
 ARCHIVE = "lfw-deepfunneled.tgz"
 N_CHIPS = 24
@@ -57,7 +57,7 @@ def read_first_jpegs(archive: Path, n: int) -> list[tuple[str, np.ndarray]]:
 def chips() -> list[tuple[str, np.ndarray]]:
     archive = lfw_archive()
     if archive is None:
-        pytest.skip(
+        skip_without_lfw(
             f"LFW archive {ARCHIVE} not found under {default_data_dir()} "
             f"or {REPO.parent / 'shared/data/lfw'}"
         )

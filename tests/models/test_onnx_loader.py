@@ -284,3 +284,35 @@ def test_runs_recorded_before_declared_identities_still_resume(tmp_path: Path) -
     assert same_model(model, fingerprint(model, legacy=True), current)
     bgr = load_onnx_model(relu, channel_order="BGR")
     assert not same_model(bgr, current, fingerprint(bgr))
+
+
+@pytest.mark.parametrize("preprocess", [False, True])
+def test_input_gradient_matches_the_source_network(tmp_path: Path, preprocess: bool) -> None:
+    """Attacks on an ONNX model step along the converted graph's input gradient, so it must
+    be the source network's gradient (including through the wrapper's normalisation and
+    channel flip), not merely non-zero."""
+    net = SmallNet().eval()
+    path = export(net, tmp_path / "small.onnx", 32, opset=17)
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    if preprocess:
+        wrapped = load_onnx_model(path, input_size=32, mean=(0.5, 0.4, 0.3), std=0.25,
+                                  channel_order="BGR")
+
+        def source(x: torch.Tensor) -> torch.Tensor:
+            return net(((x - mean) / 0.25).flip(1))
+    else:
+        wrapped = load_onnx_model(path, input_size=32)
+        source = net
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    weights = torch.randn(3, 16, generator=g)  # a generic scalar objective of the embeddings
+    grads = []
+    for model in (wrapped, source):
+        xi = x.clone().requires_grad_(True)
+        (model(xi) * weights).sum().backward()
+        assert xi.grad is not None
+        grads.append(xi.grad)
+    onnx_grad, torch_grad = grads
+    scale = float(torch_grad.abs().max())
+    assert scale > 1e-3
+    torch.testing.assert_close(onnx_grad, torch_grad, rtol=1e-4, atol=1e-5 * scale)

@@ -133,3 +133,60 @@ def test_split_subsets_accepts_both_shapes() -> None:
     assert L.split_subsets(flat) == {"gallery": ["A/A_1.jpg", "B/B_1.jpg"]}
     assert L.split_subsets(nested) == {"gallery": ["A/A_1.jpg", "B/B_1.jpg"]}
     assert json.dumps(L.split_subsets(None)) == "{}"
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Exit status of `advface ARGS` through main(), where user errors become status 2."""
+    from advface.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["advface", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0)
+
+
+@pytest.mark.parametrize("content", ["empty", "store-dir"])
+def test_folder_that_is_not_a_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str],
+                                             content: str) -> None:
+    """Not a run (no run.json, no config.yaml): exit 2 naming the folder, nothing written."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    if content == "store-dir":
+        (folder / "results.sqlite").mkdir()
+    with pytest.raises(AdvfaceError, match="not a run directory") as err:
+        L.load_run(folder)
+    assert err.value.path == folder
+    before = sorted(p.name for p in folder.iterdir())
+    assert _cli(monkeypatch, "report", str(folder), "--no-notebook") == 2
+    stderr = capsys.readouterr().err
+    assert str(folder) in stderr and "advface run" in stderr
+    assert sorted(p.name for p in folder.iterdir()) == before  # no report/ written
+
+
+def test_store_that_is_a_directory_is_refused(fresh_run: Path) -> None:
+    store = fresh_run / "results.sqlite"
+    store.unlink()
+    store.mkdir()
+    with pytest.raises(AdvfaceError, match="not a file") as err:
+        L.load_run(fresh_run)
+    assert err.value.path == store
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "foreign"])
+def test_report_leaves_a_foreign_store_untouched(fresh_run: Path, kind: str) -> None:
+    """Reading is read-only: no advface tables created in a file that is not a store."""
+    store = fresh_run / "results.sqlite"
+    store.unlink()
+    if kind == "zero-byte":
+        store.touch()
+    else:
+        con = sqlite3.connect(store)
+        con.execute("CREATE TABLE notes (x)")
+        con.commit()
+        con.close()
+    before = store.read_bytes()
+    with pytest.raises(AdvfaceError, match="not an advface results store") as err:
+        L.load_run(fresh_run)
+    assert err.value.path == store
+    assert store.read_bytes() == before

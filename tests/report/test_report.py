@@ -265,6 +265,7 @@ def test_caption_says_when_the_target_has_no_image(fresh_run: Path) -> None:
 def test_empty_run_still_reports(tmp_path: Path) -> None:
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: empty\n")  # a run stopped right at its start
     paths = build_report(run_dir, notebook=False)
     page = paths.html.read_text(encoding="utf-8")
     assert paths.figures == {}

@@ -115,6 +115,25 @@ def test_unreadable_safetensors_with_matching_checksum_is_refused(tmp_path) -> N
         load_adhoc(path)
 
 
+def test_diverged_weights_and_ambiguous_class_names_are_refused(tmp_path) -> None:
+    """A checkpoint saved after training diverged (NaN weights) is refused when loaded, not
+    when its first score fails to rank; class names must name the classes unambiguously."""
+    net = tiny()
+    with torch.no_grad():
+        next(net.parameters())[0].fill_(float("nan"))
+    path = save_adhoc(net, tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_adhoc(path)
+    good = save_adhoc(tiny(), tmp_path / "m.safetensors")
+    sidecar = tmp_path / "m.json"
+    meta = json.loads(sidecar.read_text())
+    for names in (["Ann", "Ann", "Cid"], [1, 2, 3]):
+        meta["class_names"] = names
+        sidecar.write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match="distinct strings"):
+            load_adhoc(good)
+
+
 def test_pointwise_conv_is_a_strided_1x1_conv() -> None:
     """The shortcut's subsample-then-1x1 conv equals nn.Conv2d(k=1, stride) on odd and even
     sizes, with the same parameter names (old checkpoints load), in either memory format."""

@@ -136,6 +136,15 @@ class ChipIndex:
         pairs = [[k, self.content_id(k)] for k in sorted(set(keys))]
         return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
 
+    def missing_error(self, missing: list[str], root: Path, *, what: str = "images") -> DataError:
+        """The error for keys without a chip: the first files with their full path and why
+        they could not be read or aligned (a key with no recorded problem is named as is)."""
+        why = {p.key: f"{Path(p.path).resolve()} ({p.reason})" for p in self.problems}
+        shown = "; ".join(why.get(k, k) for k in sorted(missing)[:3])
+        return DataError(f"{len(missing)} {what} could not be aligned or read: {shown}",
+                         path=root, fix="replace or delete them (`advface data validate "
+                         "--verify-images` lists all)")
+
     def ensure_images_of_run(self, keys: Iterable[str], recorded: str | None, *, path: Path,
                              fix: str, why: str = "") -> str:
         """``content_hash(keys)``, refusing it when a run recorded another one (``recorded``

@@ -219,6 +219,26 @@ def attack_loss(
     raise AdvfaceError(f"unknown loss {kind!r}", fix="use loss 'margin' or 'ce'")
 
 
+def check_step_and_loss(step_size: float | None, temperature: float, kappa: float,
+                        momentum: float = 0.0) -> None:
+    """Refuse settings under which a gradient attack quietly finds less than it should: a
+    step that is negative, zero or NaN walks nowhere (or away), a temperature <= 0 breaks the
+    softmax, a kappa < 0 stops the margin before the decision boundary, a negative momentum
+    undoes earlier steps; the model would then look more robust than it is."""
+    bad = []
+    if step_size is not None and not (0 < step_size < math.inf):
+        bad.append(f"step_size must be a positive finite number, got {step_size}")
+    if not (0 < temperature < math.inf):
+        bad.append(f"temperature must be a positive finite number, got {temperature}")
+    if not kappa >= 0:  # inf (no cap) allowed; NaN fails the comparison
+        bad.append(f"kappa must be >= 0 (inf: no cap), got {kappa}")
+    if not (0 <= momentum < math.inf):
+        bad.append(f"momentum must be a finite number >= 0, got {momentum}")
+    if bad:
+        raise AdvfaceError("; ".join(bad), fix="leave these unset for the defaults (step_size: "
+                           "2.5*eps/steps, temperature 1, kappa inf, momentum 0 or 1)")
+
+
 # --------------------------------------------------------------------------------------------
 # Norms, projection, quantisation
 # --------------------------------------------------------------------------------------------

@@ -52,10 +52,12 @@ class CarliniWagnerL2(Attack):
         amp: bool | str = False,
     ) -> None:
         super().__init__(budget if budget is not None else Budget("l2", math.inf), amp=amp)
-        if steps < 1 or binary_search_steps < 1 or initial_const <= 0 or lr <= 0:
+        if (steps < 1 or binary_search_steps < 1 or not 0 < initial_const < math.inf
+                or not 0 < lr < math.inf or not 0 <= kappa < math.inf):
             raise AdvfaceError(
-                "C&W needs steps>=1, binary_search_steps>=1, initial_const>0, lr>0",
-                fix="e.g. steps=100, binary_search_steps=6, initial_const=1.0, lr=0.01",
+                "C&W needs steps>=1, binary_search_steps>=1, initial_const>0, lr>0 (finite) and "
+                f"kappa>=0, got {steps}, {binary_search_steps}, {initial_const}, {lr}, {kappa}",
+                fix="e.g. steps=100, binary_search_steps=6, initial_const=1.0, lr=0.01, kappa=0",
             )
         self.steps = steps
         self.binary_search_steps = binary_search_steps

@@ -47,9 +47,10 @@ class DeepFool(Attack):
         amp: bool | str = False,
     ) -> None:
         super().__init__(budget if budget is not None else Budget("l2", math.inf), amp=amp)
-        if steps < 1 or overshoot < 0 or candidates < 1:
+        if steps < 1 or not 0 <= overshoot < math.inf or candidates < 1:
             raise AdvfaceError(
-                "DeepFool needs steps>=1, overshoot>=0, candidates>=1",
+                "DeepFool needs steps>=1, overshoot>=0 (finite), candidates>=1, got "
+                f"{steps}, {overshoot}, {candidates}",
                 fix="e.g. steps=50, overshoot=0.02, candidates=10",
             )
         self.steps = steps

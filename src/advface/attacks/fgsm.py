@@ -33,7 +33,8 @@ class FGSM(PGD):
         super().__init__(
             budget,
             steps=1,
-            step_size=eps if math.isfinite(eps) else 1.0,
+            # one step of the whole budget (eps 0, a curve's clean point: no step at all)
+            step_size=(eps if math.isfinite(eps) else 1.0) if eps > 0 else None,
             random_restarts=0,
             zero_start=True,
             loss=loss,

@@ -33,6 +33,7 @@ from advface.attacks.base import (
     Goal,
     LossKind,
     attack_loss,
+    check_step_and_loss,
     eval_mode,
     l2_norm,
     linf_norm,
@@ -137,8 +138,9 @@ class GalleryPoisoning:
         batch_size: int = 32,
         smooth: float = 0.02,
     ) -> None:
-        if smooth < 0:
+        if not 0 <= smooth < math.inf:
             raise AdvfaceError(f"smooth must be >= 0, got {smooth}", fix="e.g. 0.02 (0: hard max)")
+        check_step_and_loss(step_size, temperature, kappa)
         if batch_size < 1:
             raise AdvfaceError(f"batch_size must be >= 1, got {batch_size}", fix="e.g. 32")
         if steps < 0:

@@ -36,7 +36,7 @@ class MIFGSM(PGD):
         amp: bool | str = False,
         compile: bool | str = False,
     ) -> None:
-        if step_size is None:
+        if step_size is None and budget.effective_eps > 0:  # eps 0: no step (PGD's default)
             eps = budget.effective_eps
             step_size = (eps if math.isfinite(eps) else 1.0) / max(steps, 1)
         super().__init__(

@@ -33,6 +33,7 @@ from advface.attacks.base import (
     LinfBox,
     LossKind,
     attack_loss,
+    check_step_and_loss,
     l2_norm,
     project,
     quantize_within,
@@ -170,6 +171,11 @@ class PGD(Attack):
             )
         if loss not in ("margin", "ce"):
             raise AdvfaceError(f"unknown loss {loss!r}", fix="use loss 'margin' or 'ce'")
+        check_step_and_loss(step_size, temperature, kappa, momentum)
+        if not 0 <= input_diversity <= 1 or ti_kernel < 0:  # 0 switches them off; NaN refused
+            raise AdvfaceError(
+                f"input_diversity must be in [0, 1] and ti_kernel >= 0, got {input_diversity}, "
+                f"{ti_kernel}", fix="0 switches either off; e.g. input_diversity=0.5, ti_kernel=7")
         if schedule not in ("constant", "cosine"):
             raise AdvfaceError(f"unknown schedule {schedule!r}", fix="use 'constant' or 'cosine'")
         self.steps = steps

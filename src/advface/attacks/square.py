@@ -60,7 +60,7 @@ class Square(Attack):
             raise AdvfaceError("Square needs a finite eps", fix="give the budget a finite eps")
         self.max_queries = max_queries
         self.p_init = p_init if p_init is not None else (0.05 if budget.norm == "linf" else 0.1)
-        if not 0 < self.p_init <= 1:
+        if not 0 < self.p_init <= 1:  # NaN fails too
             raise AdvfaceError(f"p_init must be in (0, 1], got {self.p_init}", fix="e.g. 0.05")
 
     def _p(self, it: int) -> float:

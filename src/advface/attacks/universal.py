@@ -29,6 +29,7 @@ from advface.attacks.base import (
     Goal,
     LossKind,
     attack_loss,
+    check_step_and_loss,
     eval_mode,
     fit_l2_rounding,
     judge,
@@ -101,6 +102,7 @@ class UniversalPerturbation(Attack):
             raise AdvfaceError(
                 "a universal perturbation needs a finite eps", fix="give a finite eps"
             )
+        check_step_and_loss(step_size, temperature, kappa)
         self.epochs = epochs
         self.batch_size = batch_size
         e = budget.effective_eps

@@ -142,21 +142,37 @@ def validate(
         help="check files against SHA256SUMS (else the official LFW checksums)")] = True,
 ) -> None:
     """Full report: people/images missing or extra vs lfw-names.txt, every skipped file and
-    why, and checksums. Exits with status 1 when anything is wrong."""
+    why, and checksums. A plain identity folder (no LFW protocol files) gets every check but
+    the name list. Exits with status 1 when anything is wrong."""
+    from advface.data.lfw import CHECKSUM_FILE
+
     cfg = _data_config(None, data_dir=data, cache_dir=cache)
     lfw = _open(cfg, verify_images=verify_images)
     typer.echo(f"images:      {lfw.image_root}")
     report = lfw.validate()
     for line in report.lines():
         typer.echo(line)
+    if not report.names_checked:
+        typer.echo(_plain_folder_note(verify_images))
     ok = report.ok
-    if checksums:
+    if checksums and not lfw.has_checksummed_files():
+        typer.echo(f"checksums:   not checked (no {CHECKSUM_FILE} and no official LFW file in "
+                   f"{lfw.protocol_dir})")
+    elif checksums:
         sums = lfw.verify_checksums()
         for line in sums.lines():
             typer.echo(line)
         ok = ok and sums.ok
     if not ok:
         raise typer.Exit(code=1)
+
+
+def _plain_folder_note(verify_images: bool) -> str:
+    """What a plain identity folder's validation did check, so "OK" is not over-read."""
+    checked = "files outside identity folders, non-image files, empty and nested folders"
+    if verify_images:
+        return f"checked:     {checked}, unreadable images"
+    return f"checked:     {checked} (add --verify-images to decode every image too)"
 
 
 @app.command()

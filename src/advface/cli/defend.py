@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from advface.paths import check_output, positive_minutes
+
 app = typer.Typer(help="Defences: adversarial training, input transformations (evaluated "
                   "with adaptive attacks), feature-squeezing detection.", no_args_is_help=True)
 
@@ -84,14 +86,10 @@ def _targets(out: Path | None, run_path: Path | None) -> list[Path]:
     Checked before any work: a folder given as --out would otherwise fail only when the
     results are written, after the whole evaluation.
     """
-    from advface.errors import AdvfaceError
-
     found: list[Path] = []
-    for p in (out, run_path):
+    for p, option in ((out, "--out"), (run_path, "--run")):
         if p is not None and all(p.resolve() != q.resolve() for q in found):
-            if p.is_dir():
-                raise AdvfaceError("the output is a folder, not a file", path=p,
-                                   fix="pass a file name such as results.json")
+            check_output(p, folder=False, option=option)
             found.append(p)
     return found
 
@@ -104,23 +102,29 @@ def _earlier_results(targets: list[Path], checkpoint: Path, settings: dict
     Re-running with the same settings reuses (evaluate) or replaces (detect) them; anything
     else would silently drop finished results.
     """
-    from advface.errors import AdvfaceError
-
     found: dict[Path, dict] = {}
     for target in targets:
         doc = _read_doc(target)
         if doc is None:
             continue
-        same_model = _same_checkpoint(doc.get("checkpoint"), checkpoint)
-        if not same_model or doc.get("settings") != settings:
-            what = "another checkpoint" if not same_model else "other settings"
-            raise AdvfaceError(
-                f"this file holds results of {what} ({doc.get('checkpoint')}, "
-                f"{doc.get('settings')}); writing would drop them", path=target,
-                fix="rerun with the same settings to add to it, pass another --out, or move "
-                "the file away to replace it")
+        _refuse_other(target, doc, checkpoint, settings, doc.get("settings"))
         found[target] = dict(doc.get("results") or {})
     return found
+
+
+def _refuse_other(target: Path, doc: dict, checkpoint: Path, settings: object,
+                  recorded: object) -> None:
+    """An existing results file of another checkpoint or other settings is not overwritten."""
+    from advface.errors import AdvfaceError
+
+    same_model = _same_checkpoint(doc.get("checkpoint"), checkpoint)
+    if not same_model or recorded != settings:
+        what = "another checkpoint" if not same_model else "other settings"
+        raise AdvfaceError(
+            f"this file holds results of {what} ({doc.get('checkpoint')}, {recorded}); "
+            "writing would drop them", path=target,
+            fix="rerun with the same settings to add to it, pass another --out, or move "
+            "the file away to replace it")
 
 
 def _read_doc(path: Path) -> dict | None:
@@ -150,7 +154,8 @@ def advtrain(
     out: Annotated[Path | None, typer.Option(
         "--out", help="output folder (default: train.out_dir, else runs/<config name>)")] = None,
     time_budget: Annotated[float | None, typer.Option(
-        "--time-budget", help="override train.time_budget_minutes")] = None,
+        "--time-budget", callback=positive_minutes,
+        help="override train.time_budget_minutes")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="torch CPU threads")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
@@ -174,6 +179,14 @@ def advtrain(
     if threads is not None:
         tc.threads = threads
     run_path = run_target(run, "advtrain", Path(tc.out_dir))
+    settings = {"adversarial": cfg.adversarial.model_dump(mode="json"),
+                "evaluation_settings": cfg.evaluation.model_dump(mode="json")}
+    if run_path is not None:
+        check_output(run_path, folder=False, option="--run")
+        earlier = _read_doc(run_path)
+        if earlier is not None:  # before hours of training, not when filing the result
+            _refuse_other(run_path, earlier, Path(tc.out_dir), settings,
+                          {k: earlier.get(k) for k in settings})
     result = adv_train(cfg, resume=resume, progress=not quiet)
     typer.echo(f"stopped: {result.stop_reason} after {result.epochs_completed} epoch(s); best "
                f"epoch {result.best_epoch}")
@@ -184,9 +197,7 @@ def advtrain(
             clean = {k: v for k, v in (result.evaluation or {}).items() if k != "robust"}
             _write(run_path, {
                 "kind": "advtrain", "checkpoint": str(tc.out_dir),
-                "n_identities": len(result_classes(result.model_path)),
-                "adversarial": cfg.adversarial.model_dump(mode="json"),
-                "evaluation_settings": cfg.evaluation.model_dump(mode="json"),
+                "n_identities": len(result_classes(result.model_path)), **settings,
                 "stop_reason": result.stop_reason, "epochs": result.epochs_completed,
                 "best_epoch": result.best_epoch, "clean_evaluation": clean,
                 "results": {"adversarial-training": robust_doc}})

@@ -73,6 +73,19 @@ def _identity_index(names: list[str], identity: str) -> int:
                        fix="use one of the model's class names or an index")
 
 
+def _overlay_path(out: Path | None, image: Path, method: str) -> Path:
+    """Where the overlay goes: --out, else the current directory; never beside the image,
+    where it would count as another photo of that person. PNG bytes need a .png name."""
+    from advface.errors import AdvfaceError
+
+    if out is None:
+        return Path(f"{image.stem}_{method}.png")
+    if out.suffix.lower() != ".png":
+        raise AdvfaceError(f"--out must name a .png file (the overlay is a PNG), got {out.name!r}",
+                           path=out, fix="name a .png file, e.g. --out overlay.png")
+    return out
+
+
 @app.command("saliency")
 def saliency(
     checkpoint: CheckpointOpt,
@@ -82,16 +95,19 @@ def saliency(
     target: Annotated[str | None, typer.Option(
         "--target", help="identity to explain (name or index; default: the decision)")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="overlay PNG (default: <image>_<method>.png next to the image)")] = None,
-    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 25,
-    noise: Annotated[float, typer.Option("--noise", help="SmoothGrad noise std")] = 0.15,
-    steps: Annotated[int, typer.Option("--steps", help="IG quadrature steps")] = 64,
+        "--out", help="overlay PNG (default: ./<image stem>_<method>.png in the current "
+        "directory, not next to the image, where it would join the data set)")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="SmoothGrad samples")] = 25,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, help="SmoothGrad noise std")
+                     ] = 0.15,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="IG quadrature steps")] = 64,
     baseline: Annotated[str, typer.Option("--baseline", help="IG baseline: black or blur")
                         ] = "black",
-    alpha: Annotated[float, typer.Option("--alpha", help="overlay opacity")] = 0.6,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0,
+                                         help="overlay opacity")] = 0.6,
     smooth: Annotated[float, typer.Option(
-        "--smooth", help="Gaussian sigma (pixels) applied to the map; removes the grid "
-        "pattern of the ad-hoc model's 150->64 px pooling")] = 1.5,
+        "--smooth", min=0.0, help="Gaussian sigma (pixels) applied to the map; removes the "
+        "grid pattern of the ad-hoc model's 150->64 px pooling")] = 1.5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Write a heat-map overlay of which pixels drive the model's identity score."""
@@ -108,6 +124,7 @@ def saliency(
     )
     from advface.interpret.scoring import LogitScorer
 
+    path = _overlay_path(out, image, method)
     model = _load_model(checkpoint)
     scorer = LogitScorer(model)
     x, note = _load_image(image, int(model.input_size))
@@ -127,7 +144,6 @@ def saliency(
     else:
         raise AdvfaceError(f"unknown method {method!r}", fix="use vanilla, smoothgrad or ig")
     heat = heatmap(attr, smooth=smooth)[0]
-    path = out or image.with_name(f"{image.stem}_{method}.png")
     save_png(path, overlay(x[0], heat, alpha=alpha))
     top = probs.topk(min(3, probs.numel()))
     decided = ", ".join(f"{names[i]} {p:.3f}" for p, i in zip(top.values.tolist(),

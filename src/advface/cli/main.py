@@ -60,6 +60,12 @@ def main() -> None:
     except AdvfaceError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        # A path the user chose that cannot be written or read: their fix, not a bug.
+        typer.echo(f"error: {err.strerror}\n  file: {err.filename}\n  fix: choose a path "
+                   "where a file or folder can be written (no file in the way of a folder, "
+                   "no folder in the way of a file, write permission)", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from advface.paths import check_output
+
 app = typer.Typer(help="Align faces and evaluate face models (identification, verification).",
                   no_args_is_help=True)
 
@@ -60,12 +62,7 @@ def _say_replaced(chips) -> None:
 
 
 def _check_json_out(path: Path | None) -> None:
-    """Before the work: a folder given as --json would fail only when the results are due."""
-    if path is not None and path.is_dir():
-        from advface.errors import AdvfaceError
-
-        raise AdvfaceError("--json names a folder, not a file", path=path,
-                           fix="pass a file name such as results.json")
+    check_output(path, folder=False, option="--json")
 
 
 def _write_json(path: Path | None, obj: object) -> None:

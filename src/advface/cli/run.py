@@ -85,7 +85,7 @@ def results(
         raise AdvfaceError("no results store in this directory", path=db,
                            fix="give the directory written by `advface run`")
     typer.echo(format_summary(Path(run_dir)))
-    with ResultsStore(db) as store:
+    with ResultsStore(db, read_only=True) as store:
         if csv is not None:
             n = store.export_csv(csv)
             typer.echo(f"wrote {n} rows to {csv}")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from advface.paths import positive_minutes
+
 app = typer.Typer(help="Train the ad-hoc face classifier from scratch and evaluate it.",
                   no_args_is_help=True)
 
@@ -31,9 +33,10 @@ def adhoc(
         "--out", help="output folder (default: the config's out_dir, else runs/<config name>)",
     )] = None,
     time_budget: Annotated[float | None, typer.Option(
-        "--time-budget", help="override time_budget_minutes (cumulative over resumes)")] = None,
+        "--time-budget", callback=positive_minutes,
+        help="override time_budget_minutes (cumulative over resumes)")] = None,
     threads: Annotated[int | None, typer.Option(
-        "--threads", help="torch CPU threads (default: the config's, 2)")] = None,
+        "--threads", min=1, help="torch CPU threads (default: the config's, 2)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:
     """Train AdHocNet on the gallery images of LFW people with >= min_images images.

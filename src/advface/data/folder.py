@@ -6,7 +6,9 @@ silently: a user must be able to see why a person or image is missing from the e
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +51,21 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def scan_identity_folder(root: str | Path, verify: bool = False) -> FolderScan:
+def is_known_file(name: str, known_files: Collection[str]) -> bool:
+    """Whether ``name`` matches one of the (case-insensitive, shell-style) patterns."""
+    lower = name.lower()
+    return any(fnmatch.fnmatchcase(lower, pattern.lower()) for pattern in known_files)
+
+
+def scan_identity_folder(root: str | Path, verify: bool = False,
+                         known_files: Collection[str] = ()) -> FolderScan:
     """List every ``root/identity/image`` file as an :class:`ImageRecord`.
 
     Empty identity folders, non-image files, loose files, nested folders and (with ``verify``,
-    which decodes each image) unreadable images become problems. Raises :class:`DataError` when
-    ``root`` is missing or holds no usable image at all.
+    which decodes each image) unreadable images become problems. Loose files matching
+    ``known_files`` (shell-style patterns, e.g. LFW's protocol files kept next to the person
+    folders) belong there and are no problem. Raises :class:`DataError` when ``root`` is
+    missing or holds no usable image at all.
     """
     root = Path(root)
     if not root.is_dir():
@@ -69,6 +80,8 @@ def scan_identity_folder(root: str | Path, verify: bool = False) -> FolderScan:
     for entry in top:
         path = Path(entry.path)
         if not entry.is_dir():
+            if is_known_file(entry.name, known_files):
+                continue
             scan.problems.append(Problem(
                 path, "file outside any identity folder, ignored",
                 "move it into a folder named after the person, or remove it",

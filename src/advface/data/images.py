@@ -79,6 +79,9 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise DataError(
             "image file not found", path=path, fix="check the path or rescan the data folder"
         )
+    if path.stat().st_size == 0:  # say so plainly: PIL only says it cannot identify the file
+        raise DataError("empty file (0 bytes)", path=path,
+                        fix="the copy or download was interrupted: copy it again, or delete it")
     try:
         im = _decode(path)
         rgb = _to_rgb(im)

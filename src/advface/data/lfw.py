@@ -36,6 +36,9 @@ TREE_NAMES = ("lfw-deepfunneled", "lfw")
 MARKER = ".advface-complete.json"
 CHECKSUM_FILE = "SHA256SUMS"
 _PROTOCOL_FILES = tuple(n for n in LFW_REQUIRED if n.endswith(".txt"))
+#: Files an LFW folder may hold next to its person folders (official files, their variants, our
+#: checksum list and extraction marker): not images, and not problems either.
+KNOWN_DATA_FILES = (*LFW_FILES, CHECKSUM_FILE, MARKER, "pairs*.txt", "people*.txt")
 _STALE_TMP_SECONDS = 6 * 3600
 
 
@@ -280,11 +283,15 @@ def _image_root_in(extracted: Path, archive: Path) -> Path:
 
 @dataclass
 class ValidationReport:
-    """How the images found compare with ``lfw-names.txt`` (who and how many there should be)."""
+    """How the images found compare with ``lfw-names.txt`` (who and how many there should be).
+
+    A plain identity folder has no name list: then ``expected_*`` are None and only the folder
+    itself (stray files, empty or nested folders, unreadable images) is checked.
+    """
 
     names_file: Path
-    expected_people: int
-    expected_images: int
+    expected_people: int | None
+    expected_images: int | None
     found_people: int
     found_images: int
     missing_people: list[str] = field(default_factory=list)
@@ -298,10 +305,21 @@ class ValidationReport:
         return not (self.missing_people or self.extra_people or self.missing_images
                     or self.extra_images or self.problems)
 
+    @property
+    def names_checked(self) -> bool:
+        """False for a plain identity folder: it has no LFW name list to compare with."""
+        return self.expected_people is not None and self.expected_images is not None
+
+    def _head(self) -> str:
+        if self.expected_people is None or self.expected_images is None:
+            return (f"{self.found_people:,} people, {self.found_images:,} images; LFW name list "
+                    f"not checked: {self.names_file.parent} has no {self.names_file.name}")
+        return (f"{self.found_people:,}/{self.expected_people:,} people, "
+                f"{self.found_images:,}/{self.expected_images:,} images vs {self.names_file.name}")
+
     def summary(self) -> str:
         """One line for `advface data info`."""
-        head = (f"{self.found_people:,}/{self.expected_people:,} people, "
-                f"{self.found_images:,}/{self.expected_images:,} images vs {self.names_file.name}")
+        head = self._head()
         if self.ok:
             return f"OK ({head})"
         bits = [f"{len(v):,} {k}" for k, v in (
@@ -450,8 +468,26 @@ class LFW:
         """``lfw-names.txt``: every person and how many images they should have."""
         return read_names(self._protocol("lfw-names.txt"))
 
+    def has_protocol_files(self) -> bool:
+        """Whether ``protocol_dir`` holds any LFW protocol file: an LFW copy (which must then
+        be complete), not a plain folder of the user's own people."""
+        return any((self.protocol_dir / name).is_file() for name in _PROTOCOL_FILES)
+
+    def has_checksummed_files(self) -> bool:
+        """Whether there is anything to check checksums of: a SHA256SUMS or an official file."""
+        return any((self.protocol_dir / name).is_file() for name in (CHECKSUM_FILE, *LFW_FILES))
+
     def validate(self) -> ValidationReport:
-        """Compare the images found with ``lfw-names.txt`` (LFW: 5,749 people, 13,233 images)."""
+        """Compare the images found with ``lfw-names.txt`` (LFW: 5,749 people, 13,233 images).
+
+        A plain identity folder (no protocol file at all) works wherever LFW does, so it is not
+        an error: its report lists the folder's problems and says the name list went unchecked.
+        """
+        if not self.has_protocol_files():
+            return ValidationReport(
+                names_file=self.protocol_dir / "lfw-names.txt", expected_people=None,
+                expected_images=None, found_people=len(self.identities()),
+                found_images=len(self.records), problems=list(self.problems))
         names_file = self._protocol("lfw-names.txt")
         names = read_names(names_file)
         expected = {lfw_key(n, i) for n, c in names.items() for i in range(1, c + 1)}
@@ -485,6 +521,14 @@ class LFW:
             actual = cached_sha256(path, self.cache_dir) if path.is_file() else None
             entries.append(ChecksumEntry(name, digest, actual))
         return ChecksumReport(source, entries)
+
+
+def holds_images(folder: Path) -> bool:
+    """Whether :func:`open_lfw` finds images in ``folder``: an ``lfw*`` tree or archive, or
+    person sub-folders holding images."""
+    folder = Path(folder)
+    return (_find_tree(folder) is not None or _find_archive(folder) is not None
+            or _looks_like_image_root(folder))
 
 
 def open_lfw(
@@ -562,6 +606,6 @@ def open_lfw(
                 )
         tree = extract_archive(archive, cache_dir, digest)
     assert tree is not None
-    scan = scan_identity_folder(tree, verify=verify_images)
+    scan = scan_identity_folder(tree, verify=verify_images, known_files=KNOWN_DATA_FILES)
     return LFW(image_root=tree, records=scan.records, protocol_dir=protocol_dir,
                problems=scan.problems, cache_dir=cache_dir, archive=archive)

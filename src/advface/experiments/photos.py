@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from advface.align.dlib_align import AlignParams
 from advface.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from advface.data.records import ImageRecord
 
 ALIGN = AlignParams()  # photos are aligned exactly as build_chips aligns the gallery
 GOALS = ("dodging", "impersonation")
@@ -58,6 +61,9 @@ def _photo_chip(path: Path, aligner: Any, size: int, aligned: bool) -> tuple[tor
     """The 150x150 chip the model sees, and how it was made."""
     from advface.data.images import load_rgb, to_tensor
 
+    if path.is_dir():
+        raise DataError("this is a directory, not a photo", path=path,
+                        fix=f"pass image files, e.g. the photos inside it ({path}/*.jpg)")
     if not path.is_file():
         raise DataError("photo not found", path=path, fix="check the path")
     rgb = load_rgb(path)
@@ -127,6 +133,64 @@ def _check_request(photos: list[Path], attack: str, eps_8bit: float | None, goal
     return grid
 
 
+@dataclass
+class GalleryNotes:
+    """What became of the gallery folder's files: nothing is dropped without a trace."""
+
+    images: int = 0  # enrolled
+    ignored: list[str] = field(default_factory=list)  # not identity/image files (with why)
+    skipped: list[str] = field(default_factory=list)  # images that could not be read
+    fallback_crops: list[str] = field(default_factory=list)  # no face found: centre crop
+    excluded: list[str] = field(default_factory=list)  # left out as copies of the photos
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def _check_gallery_layout(gallery_dir: Path) -> None:
+    """Refuse a given folder without person sub-folders in --gallery's own words (open_lfw
+    would talk about LFW archives and --data, which do not apply to a user's gallery)."""
+    from advface.data.folder import IMAGE_SUFFIXES
+    from advface.data.lfw import holds_images
+
+    if not gallery_dir.is_dir() or holds_images(gallery_dir):
+        return  # a missing folder: _gallery_scorer says so
+    loose = sorted(p.name for p in gallery_dir.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    what = (f"the gallery's {len(loose)} image(s) lie directly in the folder ({_few(loose)}), "
+            "not in per-person sub-folders" if loose
+            else "no images in per-person sub-folders of the gallery folder")
+    raise DataError(what, path=gallery_dir,
+                    fix="--gallery needs one sub-folder per person (identity/image.jpg): put "
+                    "each person's images in a folder named after them")
+
+
+def _gallery_records(gallery_dir: Path, cache: Path, log: Callable[[str], None],
+                     notes: GalleryNotes) -> list[ImageRecord]:
+    """The gallery folder's images; what else it holds is logged and noted, never silent."""
+    from advface.data.lfw import open_lfw
+
+    lfw = open_lfw(gallery_dir, cache)
+    notes.ignored = [str(p) for p in lfw.problems]
+    if lfw.problems:
+        log(f"ignored {len(lfw.problems)} item(s) of the gallery folder that are not "
+            f"identity/image files: {_few([str(p.path) for p in lfw.problems])} (reasons in "
+            "summary.json, gallery_ignored)")
+    return lfw.records
+
+
+def _note_fallback_crops(chips: Any, records: list[ImageRecord], log: Callable[[str], None],
+                         notes: GalleryNotes) -> None:
+    """Gallery images in which no face was found are enrolled as the fixed centre crop: say so."""
+    paths = {r.key: str(r.path) for r in records}
+    notes.fallback_crops = sorted(paths[k] for k, m in chips.methods.items() if m == "fallback")
+    if notes.fallback_crops:
+        log(f"no face found in {len(notes.fallback_crops)} gallery image(s), enrolled as the "
+            f"fixed centre crop: {_few(notes.fallback_crops)} (all in summary.json, "
+            "gallery_fallback_crops)")
+
+
 #: A gallery image this close to a photo (embedding distance, both metrics) is that photo: a
 #: different photo of the same person is tenths away; float noise is about 1e-6.
 SAME_IMAGE_DISTANCE = 1e-3
@@ -134,16 +198,15 @@ SAME_IMAGE_DISTANCE = 1e-3
 
 def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
                     log: Callable[[str], None], photos: torch.Tensor
-                    ) -> tuple[Any, int, list[str], list[str]]:
-    """The model + the aligned, embedded gallery folder as one score module; its image count,
-    the gallery images that could not be used, and those left out as copies of the photos.
+                    ) -> tuple[Any, GalleryNotes]:
+    """The model + the aligned, embedded gallery folder as one score module, and what became
+    of the folder's files (ignored, unreadable, fallback crops, left out as copies of photos).
 
     A photo that is also a gallery image (any LFW photo against the default gallery) would
     otherwise be matched to itself at distance 0: its clean decision would be no recognition
     at all, and the attack would have to move away from an exact copy of itself.
     """
     from advface.align.chips import build_chips
-    from advface.data.lfw import open_lfw
     from advface.identify.embeddings import embed
     from advface.identify.gallery import Gallery, GalleryScorer
     from advface.models.registry import load_face_model
@@ -151,13 +214,15 @@ def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
     if not gallery_dir.is_dir():
         raise DataError("gallery folder not found", path=gallery_dir,
                         fix="give a folder of identity/image sub-folders")
-    records = open_lfw(gallery_dir, cache).records
+    notes = GalleryNotes()
+    records = _gallery_records(gallery_dir, cache, log, notes)
     chips = build_chips(records, cache, upsample=ALIGN.upsample, progress=progress)
-    skipped = [str(p) for p in chips.problems]
-    for line in skipped:
+    notes.skipped = [str(p) for p in chips.problems]
+    for line in notes.skipped:
         log(f"skipped gallery image: {line}")
     if note := chips.replaced_note():
         log(note)
+    _note_fallback_crops(chips, records, log, notes)
     if not len(chips):
         raise DataError("no usable gallery image", path=gallery_dir,
                         fix="put images in identity/image sub-folders")
@@ -170,8 +235,8 @@ def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
         unit = torch.nn.functional.normalize
         twins |= torch.cdist(unit(mine.double(), dim=1), unit(emb.double(), dim=1)).amin(
             dim=0) < SAME_IMAGE_DISTANCE
-    excluded = [k for k, t in zip(keys, twins.tolist(), strict=True) if t]
-    for key in excluded:
+    notes.excluded = [k for k, t in zip(keys, twins.tolist(), strict=True) if t]
+    for key in notes.excluded:
         log(f"left out of the gallery (it is one of the photos): {key}")
     keep = [i for i, t in enumerate(twins.tolist()) if not t]
     if not keep:
@@ -179,7 +244,8 @@ def _gallery_scorer(gallery_dir: Path, model: str, cache: Path, progress: bool,
                         fix="give a gallery with other images of the people")
     kept = [keys[i] for i in keep]
     gallery = Gallery.from_keys(emb[keep], kept, net.metric)
-    return GalleryScorer(net, gallery), len(kept), skipped, excluded
+    notes.images = len(kept)
+    return GalleryScorer(net, gallery), notes
 
 
 def _goal(goal: str, identity: str | None, target: str | None, decided: torch.Tensor,
@@ -275,8 +341,9 @@ def attack_photos(
     ``search_min_eps`` the answer is "by how little": a binary search over the budgets up to
     ``eps_8bit`` (every whole grey level for L-inf, eighths of it for L2) finds each photo's
     smallest fooling budget, and the files show the image found there. Photos are attacked
-    ``batch_size`` at a time (memory stays bounded for many photos). Gallery images that could
-    not be used are passed to ``log`` and listed in ``summary.json``.
+    ``batch_size`` at a time (memory stays bounded for many photos). What of the gallery folder
+    was not used as is (stray files, empty or nested folders, unreadable images, images with
+    no face found, copies of the photos) is passed to ``log`` and listed in ``summary.json``.
     """
     from advface.align.dlib_align import DlibAligner
     from advface.attacks.base import Budget
@@ -297,9 +364,10 @@ def attack_photos(
     made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
     clean = torch.stack([c for c, _ in made])
     cache = (cache_dir or default_cache_dir()).expanduser()
+    if gallery_dir is not None:  # the default, the data set, has open_lfw's LFW advice
+        _check_gallery_layout(Path(gallery_dir).expanduser())
     gallery_dir = (default_data_dir() if gallery_dir is None else Path(gallery_dir)).expanduser()
-    scorer, n_gallery, skipped, excluded = _gallery_scorer(gallery_dir, model, cache,
-                                                           progress, log, clean)
+    scorer, notes = _gallery_scorer(gallery_dir, model, cache, progress, log, clean)
     names = scorer.identity_names
     clean_scores = _scores(scorer, clean, batch_size)
     goal_obj, labels, label_from = _goal(goal, identity, target, clean_scores.argmax(dim=1),
@@ -343,8 +411,10 @@ def attack_photos(
         for i, stem in enumerate(stems)]
     summary = {
         "model": model, "metric": scorer.gallery.metric, "gallery": str(gallery_dir),
-        "gallery_images": n_gallery, "gallery_identities": len(names),
-        "gallery_skipped": skipped, "gallery_excluded_as_photo": excluded,
+        "gallery_images": notes.images, "gallery_identities": len(names),
+        "gallery_ignored": notes.ignored, "gallery_skipped": notes.skipped,
+        "gallery_fallback_crops": notes.fallback_crops,
+        "gallery_excluded_as_photo": notes.excluded,
         "chance_rank1": 1.0 / len(names),
         "attack": attack, "norm": norm, "eps_8bit": eps_8bit,
         "min_eps_grid_8bit": grid255 or None, "params": params, "seed": seed,

@@ -142,9 +142,7 @@ def load_run_models(run_dir: str | Path, names: list[str] | None = None, *,
                             upsample=cfg.align_upsample, progress=progress)
         missing = [k for k in needed if k not in chips]
         if missing:
-            raise DataError(f"{len(missing)} images of the run could not be aligned "
-                            f"(e.g. {missing[:3]})", path=lfw.image_root,
-                            fix="see the problems listed by `advface data validate`")
+            raise chips.missing_error(missing, lfw.image_root, what="images of the run")
         # Other pixels under the same names would make the gallery decide other identities
         # than the run's rows say.
         chips.ensure_images_of_run(needed, _recorded_images_hash(run_dir),

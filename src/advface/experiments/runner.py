@@ -137,7 +137,12 @@ class Runner:
         """Refuse to resume a run dir made by a different config: results would mix."""
         saved = self.run_dir / "config.yaml"
         text = to_yaml(self.cfg)
-        if saved.is_file() and saved.read_text() != text:
+        if saved.is_file() and saved.read_text() != text and self._nothing_computed():
+            for name in ("config.yaml", "run.json", "split.json", "results.sqlite"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            self.log(f"{self.run_dir} holds no result of its earlier start: starting it again "
+                     "with this config")
+        elif saved.is_file() and saved.read_text() != text:
             raise AdvfaceError(
                 "this run directory was made by a different config; resuming would mix results",
                 path=saved, fix="use a new --out directory, or run with the config saved there",
@@ -147,6 +152,29 @@ class Runner:
             tmp = saved.with_suffix(".yaml.tmp")
             tmp.write_text(text)
             os.replace(tmp, saved)
+
+    def _nothing_computed(self) -> bool:
+        """True while the run directory holds no result, only the records a start-up writes:
+        a first start that failed on a fixable mistake (a data_dir typo, a missing checkpoint,
+        an unreadable image) must not lock the directory against the corrected config."""
+        for sub in ("clean", "models", "verification", "images", "interpret", "defences"):
+            folder = self.run_dir / sub
+            if folder.is_dir() and any(folder.iterdir()):
+                return False
+        db = self.run_dir / "results.sqlite"
+        if db.exists():
+            import sqlite3
+            from contextlib import closing
+
+            try:
+                with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                    n = conn.execute('SELECT (SELECT count(*) FROM cells) + '
+                                     '(SELECT count(*) FROM "rows")').fetchone()[0]
+            except sqlite3.Error:
+                return False  # not readable as a results store: leave it to the store's error
+            if n:
+                return False
+        return True
 
     def _run_json(self, **updates: Any) -> dict[str, Any]:
         path = self.run_dir / "run.json"
@@ -185,7 +213,10 @@ class Runner:
         split = make_closed_set_split(lfw.records, **cfg.data.split_kwargs())
         if split_path.is_file():
             saved = ClosedSetSplit.load(split_path)
-            if saved.hash != split.hash:
+            if saved.hash != split.hash and self._nothing_computed():
+                split.save(split_path)  # the data set was corrected before any result
+                self.log(f"{split_path}: the data set changed before any result; split renewed")
+            elif saved.hash != split.hash:
                 raise DataError("the data set changed since this run started (split differs)",
                                 path=split_path, fix="use a new --out directory")
         else:
@@ -201,13 +232,12 @@ class Runner:
                             upsample=cfg.align_upsample, progress=self.progress)
         missing = [k for k in needed if k not in chips]
         if missing:
-            raise DataError(f"{len(missing)} images could not be aligned or read "
-                            f"(e.g. {missing[:3]})", path=lfw.image_root,
-                            fix="see the problems listed by `advface data validate`")
+            raise chips.missing_error(missing, lfw.image_root)
         if note := chips.replaced_note():
             self.log(note)
         images_hash = chips.ensure_images_of_run(
-            needed, info.get("images_hash"), path=self.run_dir / "run.json",
+            needed, None if self._nothing_computed() else info.get("images_hash"),
+            path=self.run_dir / "run.json",
             why=": resuming would mix results of two data sets",
             fix="use a new --out directory, or point the config's data_dir at the data set "
             "this run started with")

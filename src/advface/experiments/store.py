@@ -194,15 +194,75 @@ def _to_sql(column: str, value: Any) -> Any:
     return None if math.isnan(f) else f
 
 
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a store of another schema version: its rows would be misread."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise AdvfaceError(
+            f"results store has schema version {version}, this advface expects "
+            f"{SCHEMA_VERSION}",
+            path=path,
+            fix="use the advface version that wrote it, or start a new run directory",
+        )
+
+
+def _check_tables(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database that lacks advface's tables: reading it would report "no cells"."""
+    for table, wanted in (("cells", CELL_COLUMNS), ("rows", ROW_COLUMNS)):
+        present = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+        lacking = [c for c in wanted if c not in present]
+        if lacking:
+            what = "no table" if not present else f"columns {', '.join(lacking)} missing in"
+            raise AdvfaceError(
+                f"not an advface results store: {what} `{table}`",
+                path=path,
+                fix="pass a run directory written by `advface run`; this file was not written "
+                "by it",
+            )
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (SQLite ``mode=ro``), so reading a run never creates
+    advface's tables in an empty or foreign file; refuses a file that is not a store."""
+    if not path.is_file():
+        raise AdvfaceError("no results store here", path=path,
+                           fix="pass a run directory written by `advface run`")
+    uri = path.resolve().as_uri() + "?mode=ro"
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60.0)
+        conn.row_factory = sqlite3.Row
+        _check_version(conn, path)
+        _check_tables(conn, path)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise AdvfaceError(
+            f"cannot read the results store: {exc}",
+            path=path,
+            fix="the file is not an advface results database; pass a run directory written "
+            "by `advface run`",
+        ) from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
 class ResultsStore:
     """One SQLite file of cells and rows; open one instance per process.
 
     Use as a context manager (or call :meth:`close`). All writes are committed before the
-    method returns.
+    method returns. ``read_only=True`` is for readers (``advface results``, the report): the
+    file is opened without write access and must already be an advface store.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
+        if read_only:
+            self._conn = _open_read_only(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
@@ -222,14 +282,7 @@ class ResultsStore:
         """Check the schema version, switch to WAL + full sync, create tables if missing."""
         try:
             self._conn.row_factory = sqlite3.Row
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise AdvfaceError(
-                    f"results store has schema version {version}, this advface expects "
-                    f"{SCHEMA_VERSION}",
-                    path=self.path,
-                    fix="use the advface version that wrote it, or start a new run directory",
-                )
+            _check_version(self._conn, self.path)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")

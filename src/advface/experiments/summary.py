@@ -108,16 +108,39 @@ def attack_rows(store: ResultsStore, n_ids: int | None) -> list[list[Any]]:
     return rows
 
 
+def _identity_count(info: dict[str, Any], path: Path) -> int | None:
+    """Number of identities from run.json, for the random baseline 1/C; a garbled list would
+    give a wrong baseline silently (a string's length is not a class count)."""
+    names = info.get("identity_names")
+    if names is None:
+        return None
+    if not isinstance(names, list):
+        raise DataError(f"run.json identity_names is a {type(names).__name__}, not a list of "
+                        "names", path=path, fix=_FIX)
+    return len(names) or None
+
+
+def _split_stats(info: dict[str, Any], path: Path) -> dict[str, Any]:
+    """run.json split_stats (name -> count); anything but a mapping is a damaged file."""
+    stats = info.get("split_stats")
+    if stats is None:
+        return {}
+    if not isinstance(stats, dict):
+        raise DataError(f"run.json split_stats is a {type(stats).__name__}, not a mapping",
+                        path=path, fix=_FIX)
+    return stats
+
+
 def format_summary(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
     info = _json(info_path) if info_path.is_file() else {}
     if not isinstance(info, dict):
         raise DataError("run.json is not a JSON object", path=info_path, fix=_FIX)
-    n_ids = len(info.get("identity_names", [])) or None
+    n_ids = _identity_count(info, info_path)
     parts = [f"# run {run_dir} (status: {info.get('status', '?')}, "
              f"wall {info.get('wall_seconds', '?')} s)"]
-    stats = info.get("split_stats")
+    stats = _split_stats(info, info_path)
     if stats:
         parts.append("split: " + ", ".join(f"{k}={v}" for k, v in stats.items()
                                            if not isinstance(v, dict)))
@@ -125,7 +148,7 @@ def format_summary(run_dir: Path) -> str:
               clean_table(run_dir), "", "## LFW pairs verification", verification_table(run_dir)]
     db = run_dir / "results.sqlite"
     if db.is_file():
-        with ResultsStore(db) as store:
+        with ResultsStore(db, read_only=True) as store:
             rows = attack_rows(store, n_ids)
         parts += ["", "## Attack cells (norms in 8-bit units; robust acc beside random 1/C)",
                   table(["model", "attack", "goal", "surface", "norm", "eps", "n",

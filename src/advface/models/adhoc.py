@@ -162,6 +162,10 @@ class AdHocNet(nn.Module):
         names = list(class_names) if class_names is not None else []
         if arch.head != "none" and len(names) != arch.n_classes:
             raise ValueError(f"expected {arch.n_classes} class names, got {len(names)}")
+        if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            # a decision is reported by name: two classes with one name, or a number, would
+            # make it ambiguous
+            raise ValueError("class names must be distinct strings")
         self.arch = arch
         self.class_names: list[str] = names
         self.input_size: int = arch.input_size
@@ -371,6 +375,12 @@ def load_adhoc(path: str | Path) -> AdHocNet:
         raise CheckpointError(f"unreadable safetensors file ({err})", path=weights,
                               fix="re-copy the checkpoint or retrain the model") from err
     load_state_checked(model, state, weights)
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(
+        torch.isfinite(v).all()))
+    if bad:  # a diverged training run saved: every score would be NaN, and fail much later
+        raise CheckpointError(f"the weights hold NaN or infinite values (e.g. {bad[:3]})",
+                              path=weights, fix="retrain the model (training diverged: lower "
+                              "the learning rate), or load an earlier checkpoint")
     model.metadata = {"loss": meta.get("loss"), "training": meta.get("training")}
     return model.eval()
 

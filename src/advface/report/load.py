@@ -405,13 +405,13 @@ def _read_store_api(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     """Cells and rows through advface.experiments.store.ResultsStore (the writer's own API)."""
     from advface.experiments.store import ResultsStore
 
-    with ResultsStore(path) as store:
+    with ResultsStore(path, read_only=True) as store:
         return store.cells(), store.rows()
 
 
 def _read_store_readonly(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The same, by the documented schema, for a store that cannot be opened for writing
-    (a run copied to read-only media): ResultsStore always opens read-write."""
+    """The same, by the documented schema, for a store ResultsStore refuses although it is
+    readable (a store lacking a column, a WAL store on read-only media)."""
     from advface.experiments.store import SCHEMA_VERSION
 
     con = _connect(path)
@@ -489,12 +489,26 @@ def _model_name(entry: Any) -> str | None:
     return None
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    """Read a run directory; absent parts become `Missing` entries, corrupt ones raise."""
-    run_dir = Path(run_dir)
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a folder `advface run` did not write (it writes config.yaml first, then
+    run.json): a report of it would be all "missing" and be written into the user's folder."""
     if not run_dir.is_dir():
         raise AdvfaceError("run directory not found", path=run_dir,
                            fix="pass the --out directory of `advface run`")
+    if not (run_dir / "run.json").is_file() and not (run_dir / "config.yaml").is_file():
+        raise AdvfaceError("not a run directory: it has neither run.json nor config.yaml",
+                           path=run_dir,
+                           fix="pass a directory written by `advface run` (its --out)")
+    store = run_dir / "results.sqlite"
+    if store.exists() and not store.is_file():
+        raise AdvfaceError("results.sqlite is not a file", path=store,
+                           fix="move it away; `advface run` writes the results store there")
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run directory; absent parts become `Missing` entries, corrupt ones raise."""
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
     missing: list[Missing] = []
 
     run_raw = _read_json(run_dir / "run.json", missing, "run.json")
