@@ -85,6 +85,33 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
            [{k: v for k, v in r.items() if k not in strip} for r in resumed.history]
 
 
+def test_cli_resume_continues_from_the_saved_epoch(tiny_lfw: Path, tmp_path: Path) -> None:
+    """`advface train adhoc --resume` (the command the README gives) continues an interrupted
+    run from its last finished epoch instead of starting again; without --resume an existing
+    run is refused."""
+    from advface.cli.main import app
+
+    cfg = config(tiny_lfw, tmp_path / "unused", epochs=2)
+    d = cfg.model_dump(mode="json")
+    d.pop("out_dir")
+    yaml_path = tmp_path / "cfg.yaml"
+    yaml_path.write_text(json.dumps(d))
+    out = tmp_path / "cli"
+    part = train(config(tiny_lfw, out, epochs=2), progress=False, stop_after_epochs=1)
+    assert part.epochs_completed == 1
+    first = json.loads((out / "history.json").read_text())
+    assert len(first) == 1
+    runner = CliRunner()
+    args = ["train", "adhoc", "--config", str(yaml_path), "--out", str(out), "--quiet"]
+    refused = runner.invoke(app, args)
+    assert refused.exception is not None and "resume" in str(refused.exception)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "state.json").read_text())["epoch"] == 2
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and history[0] == first[0]  # epoch 1 kept as it was, not redone
+
+
 def test_existing_run_needs_resume_and_the_same_config(tiny_lfw: Path, tmp_path: Path) -> None:
     train(config(tiny_lfw, tmp_path / "run"), progress=False, stop_after_epochs=1)
     with pytest.raises(ConfigError, match="already holds"):
