@@ -127,10 +127,18 @@ def test_tiny_run_end_to_end(tmp_path: Path, tiny: dict[str, Path]) -> None:
         with torch.no_grad():
             scores = loaded.models[model].scorer(adv[None])
         assert int(scores.argmax()) == r["adv_pred"], (cell, key, names[r["adv_pred"]])
-    # a rerun of a finished run computes nothing new and changes nothing
+    # a rerun of a finished run computes nothing new and changes nothing; a rerun by other
+    # software (here: a run.json saying an older advface) is said and recorded, not hidden
     before = rows
-    run_experiment(cfg, run_dir, progress=False, log=lambda m: None)
+    info["advface_version"] = "0.0.0-older"
+    (run_dir / "run.json").write_text(json.dumps(info))
+    said: list[str] = []
+    run_experiment(cfg, run_dir, progress=False, log=said.append)
     assert table_rows(run_dir) == before
+    again = json.loads((run_dir / "run.json").read_text())
+    assert again["earlier_software"][-1]["advface_version"] == "0.0.0-older"
+    assert again["advface_version"] != "0.0.0-older"
+    assert any("0.0.0-older" in line for line in said)
 
 
 def test_resume_refuses_other_config(tmp_path: Path, tiny: dict[str, Path]) -> None:

@@ -196,6 +196,14 @@ class Runner:
         cfg = self.cfg
         self._check_config_matches()
         torch.manual_seed(cfg.seed)
+        before = self._run_json()
+        software = {"advface_version": __version__, "torch_version": torch.__version__}
+        earlier = {k: before[k] for k in software if k in before and before[k] != software[k]}
+        if earlier:  # a resume by other software: say so, and keep what each part ran with
+            self.log(f"resuming a run started with {earlier}; now {software}")
+            history = list(before.get("earlier_software") or [])
+            history.append({k: before.get(k) for k in software})
+            self._run_json(earlier_software=history)
         info = self._run_json(
             advface_version=__version__, torch_version=torch.__version__, seed=cfg.seed,
             machine={"cpu": platform.processor() or platform.machine(),
