@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchattacks
-from attack_models import BumpyNet, TinyNet, grid_images
+from attack_models import BumpyNet, TinyNet, grid_images, own_labels
 from torch import Tensor, nn
 
 from advface.attacks import (
@@ -23,13 +23,8 @@ from advface.attacks import (
 from advface.attacks.diversity import InputDiversity, TranslationInvariance
 
 
-def _own_labels(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
 def _goals(model: nn.Module, x: Tensor) -> list[Goal]:
-    y = _own_labels(model, x)
+    y = own_labels(model, x)
     return [Dodging(y), Impersonation((y + 3) % 10)]
 
 
@@ -149,7 +144,7 @@ def test_square_with_more_queries_fools_at_least_as_many(model_name: str, make_m
     (and on these models it fools strictly more, so the comparison means something)."""
     model = make_model().eval()
     x = grid_images(32, seed=0)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     for budget in (Budget.from_8bit("linf", 2), Budget("l2", 0.4)):
         few = int(Square(budget, max_queries=50).run(model, x, goal, seed=0).success.sum())
         many = int(Square(budget, max_queries=200).run(model, x, goal, seed=0).success.sum())
@@ -165,7 +160,7 @@ def test_mifgsm_fools_at_least_as_many_as_torchattacks(model: nn.Module, eps255:
     per image, so it must not fool fewer."""
     model.eval()
     x = grid_images(64)
-    y = _own_labels(model, x)
+    y = own_labels(model, x)
     budget = Budget.from_8bit("linf", eps255)
     steps = 10
     alpha = budget.eps / steps
@@ -185,7 +180,7 @@ def test_mifgsm_at_zero_eps_changes_nothing(norm: str) -> None:
     other iterative attacks and return the clean images, fooling nothing."""
     model = TinyNet(n_ids=5, width=4, seed=2).eval()
     x = grid_images(4, size=8, seed=5)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     result = MIFGSM(Budget(norm, 0.0), steps=3).run(model, x, goal, seed=0)  # type: ignore[arg-type]
     assert torch.equal(result.adv, x)
     assert not bool(result.success.any())

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from attack_models import BumpyNet, TinyNet, grid_images
+import torchattacks  # a pinned test dependency: a broken install must fail here, not skip
+from attack_models import BumpyNet, TinyNet, grid_images, own_labels
 from torch import Tensor, nn
 
 from advface.attacks import (
@@ -26,18 +27,12 @@ from advface.attacks import (
 from advface.errors import AdvfaceError
 
 
-def _own_labels(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
 @pytest.mark.parametrize(("model", "eps255"), [(TinyNet(), 1), (BumpyNet(k=60.0), 1)])
 def test_pgd_fools_at_least_as_many_as_torchattacks(model: nn.Module, eps255: int) -> None:
     """Same model, inputs, eps, step size, steps and one random start; ours after quantising."""
-    torchattacks = pytest.importorskip("torchattacks")
     model.eval()
     x = grid_images(64)
-    y = _own_labels(model, x)
+    y = own_labels(model, x)
     budget = Budget.from_8bit("linf", eps255)
     alpha = budget.eps / 4
     for seed in range(2):
@@ -58,7 +53,7 @@ def test_pgd_superset_of_bim_and_bim_beats_fgsm() -> None:
     """PGD's zero-start run is BIM, so its successes contain BIM's; BIM >= FGSM in count."""
     model = BumpyNet(k=150.0).eval()
     x = grid_images(64, seed=2)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     strict = 0
     for norm, eps in CONFIGS:
         budget = Budget(norm, eps)  # type: ignore[arg-type]
@@ -72,7 +67,7 @@ def test_pgd_superset_of_bim_and_bim_beats_fgsm() -> None:
 
 
 def test_impersonation_is_harder_than_dodging(tiny_net: TinyNet, images: Tensor) -> None:
-    y = _own_labels(tiny_net, images)
+    y = own_labels(tiny_net, images)
     budget = Budget.from_8bit("linf", 2)
     dodge = PGD(budget).run(tiny_net, images, Dodging(y), seed=0)
     imp = PGD(budget).run(tiny_net, images, Impersonation((y + 3) % 10), seed=0)
@@ -85,7 +80,7 @@ def test_min_norm_attacks_beat_pgd_minimal_eps() -> None:
     """C&W and DeepFool find smaller L2 perturbations than PGD's per-image minimal eps."""
     model = TinyNet().eval()
     x = grid_images(16)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     unbounded = Budget("l2", math.inf)
     cw = CarliniWagnerL2(unbounded, steps=50, binary_search_steps=5).run(model, x, goal, seed=0)
     df = DeepFool(unbounded).run(model, x, goal, seed=0)
@@ -108,7 +103,7 @@ def test_deepfool_does_not_stall_a_fraction_of_a_grey_level_short(norm: str) -> 
     """
     model = TinyNet().eval()
     x = grid_images(64, seed=5)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     pgd = PGD(Budget.from_8bit("linf", 8), steps=20).run(model, x, goal, seed=0)
     df = DeepFool(Budget(norm, math.inf)).run(model, x, goal, seed=0)  # type: ignore[arg-type]
     assert bool(pgd.success.all()) and bool(df.success.all())
@@ -124,7 +119,7 @@ def test_deepfool_stops_just_past_the_boundary(norm: str) -> None:
     """
     model = TinyNet().eval()
     x = grid_images(16, seed=4)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     budget = Budget(norm, math.inf)  # type: ignore[arg-type]
     result = DeepFool(budget, overshoot=0.02).run(model, x, goal, seed=0)
     assert bool(result.success.all())
@@ -158,7 +153,7 @@ class _QueryCounter(nn.Module):
 def test_square_counts_queries_and_respects_budget(norm: str) -> None:
     model = _QueryCounter(TinyNet().eval())
     x = grid_images(16, seed=3)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     budget = Budget.from_8bit("linf", 4) if norm == "linf" else Budget("l2", 0.4)
     model.seen = 0
     result = Square(budget, max_queries=300).run(model, x, goal, seed=0)
@@ -175,7 +170,7 @@ def test_square_counts_queries_and_respects_budget(norm: str) -> None:
 def test_transfer_judges_on_target() -> None:
     surrogate, target = TinyNet(seed=0).eval(), TinyNet(seed=7).eval()
     x = grid_images(16, seed=5)
-    y = _own_labels(target, x)
+    y = own_labels(target, x)
     goal = Dodging(y)
     inner = PGD(Budget.from_8bit("linf", 4), early_stop=False)
     result = transfer(inner, surrogate, target, x, goal, seed=3)
@@ -189,7 +184,7 @@ def test_transfer_judges_on_target() -> None:
 def test_transfer_takes_an_fp16_inner_attack_and_judges_in_full_precision() -> None:
     surrogate, target = TinyNet(seed=0).eval(), TinyNet(seed=7).eval()
     x = grid_images(8, seed=5)
-    goal = Dodging(_own_labels(target, x))
+    goal = Dodging(own_labels(target, x))
     inner = PGD(Budget.from_8bit("linf", 4), steps=3, amp="fp16")
     result = transfer(inner, surrogate, target, x, goal, seed=3)
     assert torch.equal(result.adv, inner.run(surrogate, x, goal, seed=3).adv)
@@ -265,7 +260,7 @@ def test_amp_gradients_in_low_precision_decisions_in_fp32(amp: str) -> None:
     and every decision behind ``success`` is the fp32 judgement of the returned image."""
     model = _DtypeSpy().eval()
     images = grid_images(6, size=8, seed=7)
-    goal = Dodging(_own_labels(model, images))
+    goal = Dodging(own_labels(model, images))
     model.seen.clear()
     budget = Budget.from_8bit("linf", 8)
     low = PGD(budget, steps=5, amp=amp).run(model, images, goal, seed=0)
@@ -303,7 +298,7 @@ def test_fp16_overflow_redoes_the_step_in_fp32() -> None:
     attack then moves as the fp32 attack does."""
     model = _Loud().eval()
     images = grid_images(3, size=8, seed=8)
-    goal = Dodging(_own_labels(model, images))
+    goal = Dodging(own_labels(model, images))
     budget = Budget.from_8bit("linf", 6)
     low = PGD(budget, steps=3, amp="fp16", early_stop=False).run(model, images, goal, seed=0)
     assert bool((low.extras["fp32_steps"] == low.iterations).all())
@@ -321,7 +316,7 @@ def test_channels_last_inputs_stay_channels_last(norm: str) -> None:
     model.conv1.register_forward_pre_hook(
         lambda m, i: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last)))
     x = grid_images(4, size=16, seed=2).contiguous(memory_format=torch.channels_last)
-    goal = Dodging(_own_labels(model, x))
+    goal = Dodging(own_labels(model, x))
     layouts.clear()
     budget = Budget.from_8bit(norm, 3 if norm == "linf" else 100)  # type: ignore[arg-type]
     res = PGD(budget, steps=4).run(model, x, goal, seed=0)
