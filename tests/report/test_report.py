@@ -319,3 +319,27 @@ def test_visibility_text_covers_the_cells_of_its_figure(fake_run: Path) -> None:
         lo, hi = min(at), max(at)
         rng = f"{lo:.3f}" if f"{lo:.3f}" == f"{hi:.3f}" else f"{lo:.3f}–{hi:.3f}"
         assert f"/255: mean SSIM {rng}, mean PSNR" in text, eps
+
+
+def test_a_larger_eps_fooling_fewer_is_reported_not_hidden() -> None:
+    """A stronger attack never reports a weaker result unremarked: where a larger budget
+    fooled fewer of the same probes (per-eps runs, gallery cells), Results says where."""
+    from advface.report.load import Cell, Row
+    from advface.report.stats import summarize_cell
+    from advface.report.text import _monotonicity_sentence
+
+    def cell(eps255: int) -> Cell:
+        return Cell(f"c{eps255}", "m", "bim", {"attack": "bim"}, eps255 / 255, "linf",
+                    "dodging", "probe", "done")
+
+    def rows(fooled: int) -> list[Row]:
+        return [Row(k, 1, 2 if i < fooled else 1, 1, None, i < fooled, 1.0, 1.0, None, 1.0,
+                    40.0, None, None, None, None) for i, k in enumerate("abcd")]
+
+    rising = [summarize_cell(cell(e), rows(f)) for e, f in ((2, 1), (4, 3), (8, 3))]
+    assert "no larger ε fooled fewer" in (_monotonicity_sentence(rising) or "")
+    falling = [summarize_cell(cell(e), rows(f)) for e, f in ((2, 1), (4, 3), (8, 2))]
+    said = _monotonicity_sentence(falling) or ""
+    assert "fooled fewer items than a smaller one in 1 place" in said
+    assert "3 of 4 at 4/255 but 2 at 8/255" in said
+    assert _monotonicity_sentence(rising[:1]) is None  # one budget: nothing to compare

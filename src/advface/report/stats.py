@@ -6,6 +6,7 @@ describing it can never disagree. Everything is a plain function of `RunData`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable
@@ -174,6 +175,25 @@ def series_keys(sums: list[CellSummary]) -> list[tuple[str, str, str, str, str]]
         if key not in seen:
             seen.append(key)
     return seen
+
+
+def falling_steps(sums: list[CellSummary]) -> list[tuple[CellSummary, CellSummary]]:
+    """Neighbouring cells of a series where the larger eps fooled fewer of the same items
+    than the smaller one: a stronger attack reporting a weaker result, which the report must
+    say (runs sweep by default, so this comes from `sweep: false` or from gallery cells)."""
+    out = []
+    for key in series_keys(sums):
+        curve = eps_curve(sums, *key)
+        for small, large in itertools.pairwise(curve):
+            if (small.n == large.n and small.n_attempted == large.n_attempted
+                    and large.n_success < small.n_success):
+                out.append((small, large))
+    return out
+
+
+def multi_eps_series(sums: list[CellSummary]) -> int:
+    """How many series have two or more budgets (what falling_steps can check)."""
+    return sum(1 for key in series_keys(sums) if len(eps_curve(sums, *key)) > 1)
 
 
 def half_clean_eps(curve: list[CellSummary]) -> CellSummary | None:

@@ -606,6 +606,26 @@ def _robustness_comparisons(run: RunData, sums: list[CellSummary]) -> list[str]:
     return out
 
 
+def _monotonicity_sentence(sums: list[CellSummary]) -> str | None:
+    """Whether any series reports fewer fooled items at a larger budget (checked, not
+    assumed: a stronger attack must never report a weaker result unremarked)."""
+    n = S.multi_eps_series(sums)
+    if not n:
+        return None
+    falls = S.falling_steps(sums)
+    if not falls:
+        return (f"In each of the {n} series with more than one budget, no larger ε fooled fewer "
+                "items than a smaller one (checked cell by cell).")
+    items = [f"{attack_name(a.cell.attack)} on {a.cell.model} ({a.cell.goal}, "
+             f"{a.cell.surface}): {a.n_success} of {a.n_attempted} at "
+             f"{fmt_eps(a.cell.eps255 or 0)} but {b.n_success} at {fmt_eps(b.cell.eps255 or 0)}"
+             for a, b in falls]
+    return (f"A larger ε fooled fewer items than a smaller one in {len(falls)} place(s) (each "
+            "ε run on its own: an attack with `sweep: false`, or gallery cells, which are not "
+            "swept; an adversary with the larger budget could have used the smaller one's "
+            "images): " + "; ".join(items) + ".")
+
+
 def section_results(run: RunData, sums: list[CellSummary]) -> Section:
     sec = Section("results", "Results")
     norms = sorted({s.cell.norm for s in S.whitebox(sums)}, key=lambda n: (n != "linf", n))
@@ -623,6 +643,9 @@ def section_results(run: RunData, sums: list[CellSummary]) -> Section:
                 sec.p(f"{goal.capitalize()} under an {_norm_name(norm)} budget:")
                 sec.bullets(sentences)
         sec.figure(f"robustness_{norm}")
+    monotone = _monotonicity_sentence(sums)
+    if monotone:
+        sec.p(monotone)
     gallery = [s for s in S.whitebox(sums) if s.cell.surface != "probe"]
     if gallery:
         sec.p("Attacks on the gallery surface (enrolled images perturbed):")
