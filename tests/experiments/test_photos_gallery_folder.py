@@ -95,3 +95,16 @@ def test_a_directory_given_as_a_photo(bits: dict[str, Path], tmp_path: Path) -> 
     assert isinstance(err, DataError), res.output
     assert "directory" in err.message and "not found" not in err.message
     assert err.path == folder and "image files" in (err.fix or "")
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_attack(bits: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    """Otherwise the photos are aligned and attacked, and the results lost when written."""
+    from advface.errors import ConfigError
+
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    said: list[str] = []
+    with pytest.raises(ConfigError, match="names a file, not a folder"):
+        _attack(bits, blocker, said)
+    assert said == [] and not bits["cache"].exists()  # nothing aligned or embedded yet

@@ -22,6 +22,7 @@ import torch
 
 from advface.align.dlib_align import AlignParams
 from advface.errors import ConfigError, DataError
+from advface.paths import check_output
 
 if TYPE_CHECKING:
     from advface.data.records import ImageRecord
@@ -359,6 +360,7 @@ def attack_photos(
                           fix="pass --batch-size 1 or more")
     grid255 = _check_request(photos, attack, eps_8bit, goal, target, norm, search_min_eps)
     build = factory(attack, **params)  # bad hyper-parameters fail now, before any work
+    check_output(Path(out_dir), folder=True, option="--out")  # not after the attack
     attacker = build(Budget.from_8bit(norm, eps_8bit))  # type: ignore[arg-type]
     aligner = None if aligned else DlibAligner(ALIGN)  # photos first: a bad one fails fast
     made = [_photo_chip(Path(p).expanduser(), aligner, ALIGN.size, aligned) for p in photos]
