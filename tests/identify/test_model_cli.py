@@ -40,6 +40,20 @@ def test_identify_and_verify(tiny_lfw_dir, tmp_path, toy_registered):
     assert "random" in res.output and "nearest" in res.output and "centroid" in res.output
     saved = json.loads(out.read_text())
     assert set(saved["rank_k"]) == {"nearest", "centroid"} and saved["n_identities"] == 6
+    # The CLI's numbers are the library's on the same split (not just well-formed JSON).
+    from advface.align.chips import build_chips
+    from advface.data.lfw import open_lfw
+    from advface.data.splits import make_closed_set_split
+    from advface.identify.evaluate import evaluate_identification
+
+    lfw = open_lfw(tiny_lfw_dir, tmp_path)
+    chips = build_chips(lfw.records, tmp_path, upsample=0, workers=1, progress=False)
+    split = make_closed_set_split([r for r in lfw.records if r.key in chips], min_images=2,
+                                  probes_per_person=1, seed=0)
+    assert split.hash == saved["split_hash"]
+    api = evaluate_identification(registry.load_face_model("toy"), chips, split,
+                                  cache_dir=tmp_path, progress=False).to_dict()
+    assert saved["rank_k"] == api["rank_k"] and saved["cmc"] == api["cmc"]
     res = runner.invoke(app, ["model", "verify", *common, "--json", str(tmp_path / "v.json")])
     assert res.exit_code == 0, res.output
     assert "accuracy:" in res.output and "AUC" in res.output and "TAR@FAR" in res.output
