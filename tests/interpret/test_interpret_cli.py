@@ -46,6 +46,24 @@ def test_saliency_writes_an_overlay(checkpoint: Path, face: Path, tmp_path: Path
     assert "centre-cropped 40x40 -> 32x32" in res.output and "Bruno_Rowe" in res.output
 
 
+def test_saliency_methods_differ_and_each_is_reproducible(checkpoint: Path, face: Path,
+                                                          tmp_path: Path) -> None:
+    """--method reaches the computation (a method ignored would give equal overlays), and the
+    same call twice gives the same overlay (seeded SmoothGrad noise)."""
+    def overlay(method: str, name: str) -> torch.Tensor:
+        out = tmp_path / name
+        res = runner.invoke(app, ["saliency", "--checkpoint", str(checkpoint), "--image",
+                                  str(face), "--method", method, "--samples", "3", "--steps",
+                                  "4", "--seed", "3", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        return load_png(out)
+
+    maps = {m: overlay(m, f"{m}.png") for m in ("vanilla", "smoothgrad", "ig")}
+    assert not torch.equal(maps["vanilla"], maps["ig"])
+    assert not torch.equal(maps["vanilla"], maps["smoothgrad"])
+    assert torch.equal(maps["smoothgrad"], overlay("smoothgrad", "again.png"))
+
+
 def test_identity_writes_an_image(checkpoint: Path, face: Path, tmp_path: Path) -> None:
     out = tmp_path / "id.png"
     res = runner.invoke(app, ["identity", "--checkpoint", str(checkpoint), "--identity",

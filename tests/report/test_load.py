@@ -36,7 +36,9 @@ def test_image_paths_resolve(fake_run: Path) -> None:
     run = L.load_run(fake_run)
     cell = next(c for c in run.cells if c.attack == "pgd" and c.surface == "probe")
     row = run.rows[cell.cell_id][0]
-    assert run.clean_image_path(row.item_key) is not None
+    clean = run.clean_image_path(row.item_key)
+    assert clean == fake_run / "images" / "clean" / Path(row.item_key).with_suffix(".png")
+    assert clean.is_file()
     assert run.adv_image_path(cell, row) == fake_run / row.adv_path
     sources = run.images_of_identity(row.item_key.split("/")[0])
     assert sources[0][0] == "gallery"
