@@ -125,6 +125,14 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_runs(tmp_path: P
     with pytest.raises(ConfigError, match="not available here"):
         Runner(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    from typer.testing import CliRunner
+
+    from advface.cli.main import app
+
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--out",
+                                   str(tmp_path / "run")])
+    assert isinstance(res.exception, ConfigError) and "c.yaml" in str(res.exception)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_dlib_model_reads_the_descriptor_file_its_checkpoint_names(tmp_path: Path) -> None:

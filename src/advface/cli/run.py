@@ -29,10 +29,11 @@ def run(
 ) -> None:
     """Run (or resume) a study: every cell is computed once; rerun after a crash to resume."""
     from advface.experiments.config import load_experiment
-    from advface.experiments.runner import run_experiment
+    from advface.experiments.runner import check_device_available, run_experiment
     from advface.experiments.training import train_from_spec
 
     cfg = load_experiment(config, quick=quick)
+    check_device_available(cfg.device, path=config)  # named with its file, before anything
     if data is not None or cache is not None:
         upd = {}
         if data is not None:

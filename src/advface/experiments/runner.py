@@ -123,7 +123,7 @@ class Runner:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, flush=True))
         self.train_fn = train_fn
-        _check_device_available(cfg.device)
+        check_device_available(cfg.device)
         self.state: RunState | None = None
         # Decisions already taken in this process, keyed by ([cell,] model, chunk keys): the
         # same model on the same batch gives the same answer, so every cell after the first
@@ -717,17 +717,18 @@ class Runner:
         return self.run_dir
 
 
-def _check_device_available(device: str) -> None:
-    """The config says a device this machine has (checked before anything runs)."""
+def check_device_available(device: str, *, path: Path | None = None) -> None:
+    """The config says a device this machine has (checked before anything runs; ``path``:
+    the config file, named in the error when known)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
             have = f"{count} CUDA device(s)" if count else "no CUDA (this torch build or machine)"
-            raise ConfigError(f"device {device!r} is not available here: {have}",
+            raise ConfigError(f"device {device!r} is not available here: {have}", path=path,
                               fix="set device: cpu in the config (or a cuda:N this machine has)")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} is not available here",
+        raise ConfigError(f"device {device!r} is not available here", path=path,
                           fix="set device: cpu in the config")
 
 
