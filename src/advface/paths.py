@@ -17,16 +17,6 @@ def default_data_dir() -> Path:
     return Path("../shared/data/lfw")
 
 
-def positive_minutes(value: float | None) -> float | None:
-    """--time-budget callback: 0 or less would read as 'no budget' (unlimited) and be saved
-    into a run's config.yaml, which then no longer loads."""
-    if value is not None and not 0 < value < float("inf"):
-        import typer
-
-        raise typer.BadParameter(f"must be a positive number of minutes, got {value:g}")
-    return value
-
-
 def check_output(path: Path | None, *, folder: bool, option: str) -> None:
     """Before any work: an output that cannot be written (a folder where a file is due, a file
     where a folder is due, a file in the way of its parent folders) would otherwise fail only

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from advface.paths import check_output, positive_minutes
+from advface.cli.options import positive_minutes
+from advface.paths import check_output
 
 app = typer.Typer(help="Defences: adversarial training, input transformations (evaluated "
                   "with adaptive attacks), feature-squeezing detection.", no_args_is_help=True)
@@ -94,37 +96,33 @@ def _targets(out: Path | None, run_path: Path | None) -> list[Path]:
     return found
 
 
-def _earlier_results(targets: list[Path], checkpoint: Path, settings: dict
+def _earlier_results(targets: list[Path], checkpoint: Path, settings: dict,
+                     recorded_of: Callable[[dict], object] = lambda doc: doc.get("settings"),
                      ) -> dict[Path, dict]:
     """The results already in each target (read once), refusing any made with another
-    checkpoint or other settings.
+    checkpoint or other settings (``recorded_of``: where a file keeps its settings).
 
-    Re-running with the same settings reuses (evaluate) or replaces (detect) them; anything
-    else would silently drop finished results.
+    Re-running with the same settings reuses (evaluate) or replaces (detect, advtrain) them;
+    anything else would silently drop finished results.
     """
+    from advface.errors import AdvfaceError
+
     found: dict[Path, dict] = {}
     for target in targets:
         doc = _read_doc(target)
         if doc is None:
             continue
-        _refuse_other(target, doc, checkpoint, settings, doc.get("settings"))
+        recorded = recorded_of(doc)
+        same_model = _same_checkpoint(doc.get("checkpoint"), checkpoint)
+        if not same_model or recorded != settings:
+            what = "another checkpoint" if not same_model else "other settings"
+            raise AdvfaceError(
+                f"this file holds results of {what} ({doc.get('checkpoint')}, {recorded}); "
+                "writing would drop them", path=target,
+                fix="rerun with the same settings to add to it, pass another --out, or move "
+                "the file away to replace it")
         found[target] = dict(doc.get("results") or {})
     return found
-
-
-def _refuse_other(target: Path, doc: dict, checkpoint: Path, settings: object,
-                  recorded: object) -> None:
-    """An existing results file of another checkpoint or other settings is not overwritten."""
-    from advface.errors import AdvfaceError
-
-    same_model = _same_checkpoint(doc.get("checkpoint"), checkpoint)
-    if not same_model or recorded != settings:
-        what = "another checkpoint" if not same_model else "other settings"
-        raise AdvfaceError(
-            f"this file holds results of {what} ({doc.get('checkpoint')}, {recorded}); "
-            "writing would drop them", path=target,
-            fix="rerun with the same settings to add to it, pass another --out, or move "
-            "the file away to replace it")
 
 
 def _read_doc(path: Path) -> dict | None:
@@ -181,12 +179,9 @@ def advtrain(
     run_path = run_target(run, "advtrain", Path(tc.out_dir))
     settings = {"adversarial": cfg.adversarial.model_dump(mode="json"),
                 "evaluation_settings": cfg.evaluation.model_dump(mode="json")}
-    if run_path is not None:
-        check_output(run_path, folder=False, option="--run")
-        earlier = _read_doc(run_path)
-        if earlier is not None:  # before hours of training, not when filing the result
-            _refuse_other(run_path, earlier, Path(tc.out_dir), settings,
-                          {k: earlier.get(k) for k in settings})
+    # Before hours of training, not when filing the result.
+    _earlier_results(_targets(None, run_path), Path(tc.out_dir), settings,
+                     recorded_of=lambda doc: {k: doc.get(k) for k in settings})
     result = adv_train(cfg, resume=resume, progress=not quiet)
     typer.echo(f"stopped: {result.stop_reason} after {result.epochs_completed} epoch(s); best "
                f"epoch {result.best_epoch}")

@@ -61,10 +61,6 @@ def _say_replaced(chips) -> None:
         typer.echo(note, err=True)
 
 
-def _check_json_out(path: Path | None) -> None:
-    check_output(path, folder=False, option="--json")
-
-
 def _write_json(path: Path | None, obj: object) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +127,7 @@ def identify(
     from advface.identify.evaluate import evaluate_identification
     from advface.models.registry import load_face_model
 
-    _check_json_out(json_out)
+    check_output(json_out, folder=False, option="--json")
     lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     records = [r for r in lfw.records if r.key in chips]
     split = make_closed_set_split(records, min_images=min_images,
@@ -166,7 +162,7 @@ def verify(
     from advface.identify.verification import verify_lfw_pairs
     from advface.models.registry import load_face_model
 
-    _check_json_out(json_out)
+    check_output(json_out, folder=False, option="--json")
     lfw, chips, cache_dir = _aligned(data, cache, upsample, workers, progress, cnn_fallback)
     pairs = lfw.pairs()
     keys = sorted({k for p in pairs for k in (p.key_a, p.key_b)})

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from advface.paths import positive_minutes
+from advface.cli.options import positive_minutes
 
 app = typer.Typer(help="Train the ad-hoc face classifier from scratch and evaluate it.",
                   no_args_is_help=True)

@@ -133,16 +133,19 @@ class Runner:
 
     # ------------------------------------------------------------------ setup
 
-    def _check_config_matches(self) -> None:
-        """Refuse to resume a run dir made by a different config: results would mix."""
+    def _check_config_matches(self, fresh: bool) -> None:
+        """Refuse to resume a run dir made by a different config: results would mix. A
+        ``fresh`` one (no result yet, see _nothing_computed) is started again instead."""
         saved = self.run_dir / "config.yaml"
         text = to_yaml(self.cfg)
-        if saved.is_file() and saved.read_text() != text and self._nothing_computed():
-            for name in ("config.yaml", "run.json", "split.json", "results.sqlite"):
+        differs = saved.is_file() and saved.read_text() != text
+        if differs and fresh:
+            for name in ("config.yaml", "run.json", "split.json", "results.sqlite",
+                         "results.sqlite-wal", "results.sqlite-shm"):
                 (self.run_dir / name).unlink(missing_ok=True)
             self.log(f"{self.run_dir} holds no result of its earlier start: starting it again "
                      "with this config")
-        elif saved.is_file() and saved.read_text() != text:
+        elif differs:
             raise AdvfaceError(
                 "this run directory was made by a different config; resuming would mix results",
                 path=saved, fix="use a new --out directory, or run with the config saved there",
@@ -162,31 +165,28 @@ class Runner:
             if folder.is_dir() and any(folder.iterdir()):
                 return False
         db = self.run_dir / "results.sqlite"
-        if db.exists():
-            import sqlite3
-            from contextlib import closing
+        if not db.exists():
+            return True
+        try:
+            with ResultsStore(db, read_only=True) as store:
+                return not store.cells()  # a row always belongs to a cell
+        except AdvfaceError:
+            return False  # not readable as a results store: leave it to the store's error
 
-            try:
-                with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-                    n = conn.execute('SELECT (SELECT count(*) FROM cells) + '
-                                     '(SELECT count(*) FROM "rows")').fetchone()[0]
-            except sqlite3.Error:
-                return False  # not readable as a results store: leave it to the store's error
-            if n:
-                return False
-        return True
-
-    def _run_json(self, **updates: Any) -> dict[str, Any]:
+    def _read_run_json(self) -> dict[str, Any]:
         path = self.run_dir / "run.json"
         try:
-            info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read the run's record ({err})", path=path,
                             fix="restore the file, or start the study again in a new --out "
                             "(what it records, such as the images' hash, guards the resume)"
                             ) from None
+
+    def _run_json(self, **updates: Any) -> dict[str, Any]:
+        info = self._read_run_json()
         info.update(updates)
-        _write_json(path, info)
+        _write_json(self.run_dir / "run.json", info)
         return info
 
     def setup(self) -> RunState:
@@ -194,18 +194,19 @@ class Runner:
         from advface.data.lfw import open_lfw
 
         cfg = self.cfg
-        self._check_config_matches()
+        fresh = self._nothing_computed()  # setup below writes records, never results
+        self._check_config_matches(fresh)
         torch.manual_seed(cfg.seed)
-        before = self._run_json()
+        before = self._read_run_json()
         software = {"advface_version": __version__, "torch_version": torch.__version__}
         earlier = {k: before[k] for k in software if k in before and before[k] != software[k]}
+        history: dict[str, Any] = {}
         if earlier:  # a resume by other software: say so, and keep what each part ran with
             self.log(f"resuming a run started with {earlier}; now {software}")
-            history = list(before.get("earlier_software") or [])
-            history.append({k: before.get(k) for k in software})
-            self._run_json(earlier_software=history)
+            history["earlier_software"] = [*(before.get("earlier_software") or []),
+                                           {k: before.get(k) for k in software}]
         info = self._run_json(
-            advface_version=__version__, torch_version=torch.__version__, seed=cfg.seed,
+            **software, **history, seed=cfg.seed,
             machine={"cpu": platform.processor() or platform.machine(),
                      "cores": os.cpu_count(), "gpu": torch.cuda.is_available()},
             config_hash=hashlib.sha256(to_yaml(cfg).encode()).hexdigest()[:16],
@@ -221,7 +222,7 @@ class Runner:
         split = make_closed_set_split(lfw.records, **cfg.data.split_kwargs())
         if split_path.is_file():
             saved = ClosedSetSplit.load(split_path)
-            if saved.hash != split.hash and self._nothing_computed():
+            if saved.hash != split.hash and fresh:
                 split.save(split_path)  # the data set was corrected before any result
                 self.log(f"{split_path}: the data set changed before any result; split renewed")
             elif saved.hash != split.hash:
@@ -244,7 +245,7 @@ class Runner:
         if note := chips.replaced_note():
             self.log(note)
         images_hash = chips.ensure_images_of_run(
-            needed, None if self._nothing_computed() else info.get("images_hash"),
+            needed, None if fresh else info.get("images_hash"),
             path=self.run_dir / "run.json",
             why=": resuming would mix results of two data sets",
             fix="use a new --out directory, or point the config's data_dir at the data set "

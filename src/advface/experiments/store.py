@@ -234,18 +234,16 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         _check_version(conn, path)
         _check_tables(conn, path)
-    except sqlite3.Error as exc:
+    except BaseException as exc:
         if conn is not None:
             conn.close()
-        raise AdvfaceError(
-            f"cannot read the results store: {exc}",
-            path=path,
-            fix="the file is not an advface results database; pass a run directory written "
-            "by `advface run`",
-        ) from exc
-    except BaseException:
-        if conn is not None:
-            conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise AdvfaceError(
+                f"cannot read the results store: {exc}",
+                path=path,
+                fix="the file is not an advface results database; pass a run directory "
+                "written by `advface run`",
+            ) from exc
         raise
     return conn
 
