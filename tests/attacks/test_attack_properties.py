@@ -111,6 +111,31 @@ def test_model_mode_restored_and_batch_norm_safe() -> None:
         assert torch.equal(result.success, goal.success(model(result.adv)))
 
 
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_each_modules_own_mode_is_restored(name: str) -> None:
+    """A wrapper in training mode (a fresh ``nn.Module`` is) around a backbone its owner put in
+    eval mode comes back with each module in its own mode, and the backbone decides as before.
+    Restoring the root's flag (``train(was)`` is recursive) switched the backbone's batch norm
+    and dropout to training mode: every later decision of the caller's model changed."""
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Dropout(0.5), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    images = grid_images(6, size=8, seed=3)
+    backbone(images * 3)  # materialise the lazy layer; running stats move away from the start
+    backbone.eval()
+    wrapper = torch.nn.Sequential(backbone)
+    assert wrapper.training and not backbone.training
+    modes = [m.training for m in wrapper.modules()]
+    with torch.no_grad():
+        clean = backbone(images)
+    goal = Dodging(clean.argmax(1))
+    budget = Budget.from_8bit("l2" if name == "cw" else "linf", 4)
+    create(name, budget, **FAST[name]).run(wrapper, images, goal, seed=0)
+    assert [m.training for m in wrapper.modules()] == modes
+    with torch.no_grad():
+        assert torch.equal(backbone(images), clean)
+
+
 def test_already_fooled_images_cost_nothing(tiny_net: TinyNet, images: torch.Tensor) -> None:
     """An image the model already gets wrong is a zero-perturbation success."""
     with torch.no_grad():

@@ -69,6 +69,15 @@ def test_training_mode_is_restored_and_eval_used(tiny_chips, tiny_face):
     torch.testing.assert_close(out, _direct(tiny_face(), tiny_chips, tiny_chips.keys))
 
 
+def test_each_modules_own_mode_is_restored(tiny_chips, tiny_face):
+    """A training-mode wrapper around an eval-mode model: each gets its own mode back."""
+    inner = tiny_face().eval()
+    wrapper = torch.nn.Sequential(inner)
+    wrapper.embedding_dim, wrapper.input_size = inner.embedding_dim, inner.input_size
+    embed(wrapper, tiny_chips, progress=False)
+    assert wrapper.training and not any(m.training for m in inner.modules())
+
+
 def test_tensor_source(tiny_chips, tiny_model, tmp_path, tiny_face):
     x = tiny_chips.load(tiny_chips.keys[:5])
     out = embed(tiny_model, x, batch_size=2, cache_dir=tmp_path, progress=False)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advface.errors import AdvfaceError
+from advface.models.modes import eval_mode
 
 Norm = Literal["linf", "l2"]
 LossKind = Literal["margin", "ce"]
@@ -533,21 +534,6 @@ class BestTracker:
             if size is not None:
                 self.size[j] = size if every else size[better]
         return succ
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run with the model in eval mode (batch norm, dropout), restoring its mode afterwards.
-
-    Batch-dependent layers in training mode would make one image's decision depend on the
-    others in the batch, which breaks per-image early stopping and reproducibility.
-    """
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 @contextlib.contextmanager

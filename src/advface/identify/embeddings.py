@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from advface.align.chips import ChipIndex
 from advface.errors import DataError
+from advface.models.modes import eval_mode
 
 SAVE_EVERY_BATCHES = 20
 
@@ -196,36 +197,34 @@ def embed(
     todo = [k for k in keys if row[k] not in cache.rows]
     if todo:
         device = _model_device(model)
-        was_training = model.training
-        model.eval()
-        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc="embed", unit="img",
-                   disable=not progress, dynamic_ncols=True)
-        try:
-            with torch.inference_mode():
-                for b, start in enumerate(range(0, len(todo), batch_size)):
-                    batch_keys = todo[start : start + batch_size]
-                    if chips is not None:
-                        x = chips.load(batch_keys)
-                    else:
-                        assert tensor is not None
-                        x = tensor[[position[k] for k in batch_keys]]
-                    x = prepare_input(x.to(device, torch.float32), input_size)
-                    out = model(x).detach().to("cpu", torch.float32)
-                    if out.ndim != 2 or out.shape[0] != len(batch_keys):
-                        raise DataError(
-                            f"model returned shape {tuple(out.shape)} for {len(batch_keys)} "
-                            "images; expected (N, D) embeddings",
-                            fix="pass an embedding model (forward -> (N, D))",
-                        )
-                    for k, emb in zip(batch_keys, out, strict=True):
-                        cache.rows[row[k]] = emb.clone()
-                    bar.update(len(batch_keys))
-                    if (b + 1) % SAVE_EVERY_BATCHES == 0:
-                        cache.save()
-        finally:
-            bar.close()
-            model.train(was_training)
-            cache.save()
+        with eval_mode(model):  # each sub-module gets its own mode back
+            bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc="embed", unit="img",
+                       disable=not progress, dynamic_ncols=True)
+            try:
+                with torch.inference_mode():
+                    for b, start in enumerate(range(0, len(todo), batch_size)):
+                        batch_keys = todo[start : start + batch_size]
+                        if chips is not None:
+                            x = chips.load(batch_keys)
+                        else:
+                            assert tensor is not None
+                            x = tensor[[position[k] for k in batch_keys]]
+                        x = prepare_input(x.to(device, torch.float32), input_size)
+                        out = model(x).detach().to("cpu", torch.float32)
+                        if out.ndim != 2 or out.shape[0] != len(batch_keys):
+                            raise DataError(
+                                f"model returned shape {tuple(out.shape)} for {len(batch_keys)} "
+                                "images; expected (N, D) embeddings",
+                                fix="pass an embedding model (forward -> (N, D))",
+                            )
+                        for k, emb in zip(batch_keys, out, strict=True):
+                            cache.rows[row[k]] = emb.clone()
+                        bar.update(len(batch_keys))
+                        if (b + 1) % SAVE_EVERY_BATCHES == 0:
+                            cache.save()
+            finally:
+                bar.close()
+                cache.save()
     if not keys:
         return torch.empty(0, int(getattr(model, "embedding_dim", 0)))
     return torch.stack([cache.rows[row[k]] for k in keys])
