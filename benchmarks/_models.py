@@ -264,6 +264,23 @@ class PeakRSS:
         return max(0, self.peak_kib - self.start_kib) / 1024
 
 
+class Counting(nn.Module):
+    """Counts images through the wrapped score module, with and without autograd."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.grad_images = 0
+        self.forward_images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_images += int(x.shape[0])
+        else:
+            self.forward_images += int(x.shape[0])
+        return self.model(x)
+
+
 # --------------------------------------------------------------------------- machine, tables
 
 

@@ -55,6 +55,7 @@ import torch
 from _models import (
     RESULTS,
     Bench,
+    Counting,
     PeakRSS,
     add_model_args,
     build_bench,
@@ -71,23 +72,6 @@ METHODS = ("per-eps", "sweep", "minimal-eps", "per-eps-no-es", "per-eps-1start",
 BASELINE = "per-eps"
 PEER = "torchattacks-per-eps"
 GRID255 = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-
-
-class Counting(nn.Module):
-    """Counts images through the wrapped score module, with and without autograd."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.grad_images = 0
-        self.forward_images = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            self.grad_images += int(x.shape[0])
-        else:
-            self.forward_images += int(x.shape[0])
-        return self.model(x)
 
 
 def method_fn(method: str, model: nn.Module, bench: Bench, grid: list[float],

@@ -3,10 +3,11 @@ torch.compile; advface vs torchattacks on the same model and batch.
 
 Why: the issue "Performance and scale" asks, when a GPU machine is lent, for images/s of the
 attack loop and an estimate of the achieved FLOP/s against the device's peak. FLOPs are counted,
-not guessed: ``torch.utils.flop_counter.FlopCounterMode`` records one forward + backward of the
-score module at batch 1 (convolutions and matrix products, the work that matters), and a PGD step
-is one such pass per image; the final evaluation forwards are left out, so the FLOP/s figure is
-a slight underestimate.
+not guessed: ``torch.utils.flop_counter.FlopCounterMode`` records one forward + backward and one
+forward of the score module at batch 1 (convolutions and matrix products, the work that
+matters), and an untimed run of each variant counts the images it sends through the model with
+and without a gradient (early stopping and evaluation forwards included), so a variant that
+stops early is credited only with the work it did.
 
 Variants (each after ``--warmup`` untimed runs, median of ``--repeats``):
 
@@ -26,7 +27,10 @@ Run on the lent GPU (models and inputs as in ``attacks_vs_peers.py``, see ``_mod
     python benchmarks/gpu_pgd.py --model dlib --device cuda --batch-sizes 256 --compile --out
 
 ``--peak-tflops`` gives the device's peak for the ratio (default: looked up for known GPUs, e.g.
-H100 SXM 989 dense bf16 / 67 fp32 TFLOP/s; none on a CPU). Smoke test on a CPU::
+H100 SXM 989 dense bf16 / 67 fp32 TFLOP/s; none on a CPU). ``--peak-gemm`` measures a practical
+peak instead: the TFLOP/s of a large square matrix product on the same device and threads, in the
+variant's precision (on a CPU, whose data-sheet peak depends on clocks a virtual machine does not
+show, this is the honest roof). Smoke test on a CPU::
 
     python benchmarks/gpu_pgd.py --model tiny --device cpu --batch-sizes 4 --repeats 1
 """
@@ -41,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _models import RESULTS, Bench, add_model_args, build_bench, machine, write_tables
+from _models import (
+    RESULTS,
+    Bench,
+    Counting,
+    PeakRSS,
+    add_model_args,
+    build_bench,
+    machine,
+    write_tables,
+)
 from attacks_vs_peers import attack_fn
 from torch import Tensor, nn
 
@@ -64,14 +77,45 @@ def peak_tflops(device: torch.device, bf16: bool, override: float | None) -> flo
     return None
 
 
-def flops_per_image(model: nn.Module, x: Tensor) -> float:
-    """FLOPs of one forward + backward of ``model`` for one image (counted, batch 1)."""
+def gemm_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10
+                ) -> float:
+    """Best TFLOP/s of an ``n`` x ``n`` matrix product in ``dtype`` over ``repeats``: the
+    practical roof (the best, not the median: a roof is what the device can do, and on a
+    shared machine other jobs only ever slow a product down)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        if i:  # the first product warms up
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e12
+
+
+def flops_per_image(model: nn.Module, x: Tensor) -> tuple[float, float]:
+    """FLOPs of one forward + backward and of one forward of ``model`` for one image (counted,
+    batch 1)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     xi = x[:1].clone().requires_grad_(True)
     with FlopCounterMode(display=False) as counter:
         model(xi).float().sum().backward()
-    return float(counter.get_total_flops())
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        model(x[:1])
+    return float(counter.get_total_flops()), float(forward.get_total_flops())
+
+
+def images_through(name: str, amp: str | bool, model: nn.Module, bench: Bench,
+                   args: argparse.Namespace) -> tuple[int, int]:
+    """Images one run of the variant sends through ``model`` with and without a gradient
+    (counted on the plain model; a compiled one runs the same algorithm)."""
+    counting = Counting(model).eval()  # a peer's restore of its mode must not reach the model
+    attack_fn(name, Bench(counting, bench.x, bench.y, bench.description), args, amp=amp)()
+    return counting.grad_images, counting.forward_images
 
 
 def _sync(device: torch.device) -> None:
@@ -81,19 +125,23 @@ def _sync(device: torch.device) -> None:
 
 def measure(run: Callable[[], Tensor], device: torch.device, warmup: int, repeats: int
             ) -> tuple[float, Tensor, float | None]:
-    """Median seconds, the last output, peak device memory (MiB, CUDA only)."""
+    """Median seconds, the last output, peak memory of the timed runs in MiB: memory allocated
+    on a CUDA device, the process's resident high-water mark (model and inputs included) on a
+    CPU."""
     for _ in range(warmup):
         run()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
+    with PeakRSS() as rss:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = run()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else rss.peak_mib)
     assert out is not None
     return statistics.median(times), out, peak
 
@@ -113,6 +161,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs)")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--peak-gemm", action="store_true",
+                    help="peak: best TFLOP/s of a 2048x2048 matrix product, per precision")
     ap.add_argument("--out", type=Path, nargs="?", const=RESULTS, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,6 +171,12 @@ def main() -> None:
         raise SystemExit("error: --device cuda but no CUDA device is visible\n"
                          "  fix: run on the lent GPU machine, or --device cpu for a smoke test")
 
+    gemm: dict[str, float] = {}
+    if args.peak_gemm:
+        for kind in ["fp32", *([] if args.amp is None else args.amp or ["bf16"])]:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
+            gemm[kind] = gemm_tflops(device, dtype)
+        print("measured GEMM TFLOP/s:", {k: round(v, 3) for k, v in gemm.items()}, flush=True)
     rows: list[dict[str, Any]] = []
     desc = ""
     for batch in args.batch_sizes:
@@ -136,30 +192,44 @@ def main() -> None:
         x, y = x.to(device), y.to(device)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        flops = flops_per_image(model, x)
+        flops, forward_flops = flops_per_image(model, x)
         scored: nn.Module = torch.compile(model) if args.compile else model
         variants: list[tuple[str, str | bool]] = [
             ("advface-same-work", False), ("advface-default", False), ("torchattacks", False)]
         for kind in ([] if args.amp is None else args.amp or ["bf16"]):
             variants += [("advface-same-work", kind), ("advface-default", kind)]
         for name, amp in variants:
+            grad_images, forward_images = images_through(name, amp, model, Bench(model, x, y, desc),
+                                                         args)
             run = attack_fn(name, Bench(scored, x, y, desc), args, amp=amp)
             seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
             q = to_grid(adv.detach().float())
             with torch.no_grad():
                 fooled = float((model(q).argmax(1) != y).float().mean())
-            # Gradient passes: steps per image for same-work/torchattacks; the default's early
-            # stopping does less, so its FLOP/s is an upper bound of the work done.
-            work = flops * batch * args.steps
+            work = flops * grad_images + forward_flops * forward_images
             tflops = work / seconds / 1e12
-            peak_t = peak_tflops(device, bool(amp), args.peak_tflops)
+            # The roof for this mix of work: gradient passes in the variant's precision,
+            # forwards (autocast rows re-take decisions in fp32) at the fp32 peak; the fraction
+            # is the time the roofs would need over the time taken.
+            grad_peak = (gemm[str(amp) if amp else "fp32"] if gemm
+                         else peak_tflops(device, bool(amp), args.peak_tflops))
+            fwd_peak = (gemm["fp32"] if gemm
+                        else peak_tflops(device, False, args.peak_tflops))
+            peak_t = (None if grad_peak is None or fwd_peak is None else work / 1e12 / (
+                flops * grad_images / 1e12 / grad_peak
+                + forward_flops * forward_images / 1e12 / fwd_peak))
             rows.append({
                 "model": args.model, "device": str(device), "batch": batch, "variant": name,
                 "precision": f"{amp}-autocast" if amp else "fp32",
                 "channels_last": args.channels_last, "compiled": args.compile,
                 "images_per_s": round(batch / seconds, 2), "seconds": round(seconds, 4),
                 "gflops_per_image_fwd_bwd": round(flops / 1e9, 3),
+                "gflops_per_image_fwd": round(forward_flops / 1e9, 3),
+                "grad_images": grad_images, "forward_images": forward_images,
                 "achieved_tflops": round(tflops, 3),
+                "peak_tflops_for_this_mix": None if peak_t is None else round(peak_t, 3),
+                "peak_source": ("measured GEMM" if gemm else "given" if args.peak_tflops
+                                else "data sheet" if peak_t is not None else None),
                 "fraction_of_peak": None if peak_t is None else round(tflops / peak_t, 4),
                 "peak_mem_mib": None if peak is None else round(peak, 1),
                 "fooled": round(fooled, 4),
@@ -172,15 +242,29 @@ def main() -> None:
           f"- Model and inputs: {desc} (tiled to the batch size)",
           f"- {args.warmup} warm-up runs, median of {args.repeats}; channels_last "
           f"{args.channels_last}, torch.compile {args.compile}; FLOPs counted by "
-          "torch.utils.flop_counter for one forward+backward per image and step (evaluation "
-          "forwards not counted); advface-default does less work (early stopping), so its "
-          "TFLOP/s is that of the same-work count", "",
-          "| variant | precision | batch | images/s | achieved TFLOP/s | of peak | peak mem MiB "
-          "| fooled |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+          "torch.utils.flop_counter (one forward+backward, one forward, per image) times the "
+          "images one run sends through the model with and without a gradient (counted in an "
+          "untimed run: early stopping and evaluation forwards included; autocast rows re-take "
+          "each step's decisions in fp32, their forward images)",
+          "- Peak: " + ("measured: the best TFLOP/s of a 2048x2048 matrix product (of 10) on the "
+                        "same device "
+                        "and threads, per precision (" + ", ".join(
+                            f"{k} {v:.3f}" for k, v in gemm.items()) + " TFLOP/s)" if gemm
+                        else f"given, {args.peak_tflops} TFLOP/s" if args.peak_tflops
+                        else "the data sheet's dense TFLOP/s for this device (bf16/fp16 tensor "
+                        "cores for autocast rows, fp32 otherwise)")
+          + "; \"of peak\" is the time these roofs would need for the row's work (gradient "
+          "passes at the row's precision, forwards at fp32) over the time taken",
+          "- Peak mem: " + ("CUDA memory allocated during the timed runs" if device.type == "cuda"
+                            else "the process's resident high-water mark during the timed runs, "
+                            "model and inputs included"), "",
+          "| variant | precision | batch | images/s | grad / fwd images | achieved TFLOP/s "
+          "| of peak | peak mem MiB | fooled |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         frac = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}%"
         mem = "-" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}"
         md.append(f"| {r['variant']} | {r['precision']} | {r['batch']} | {r['images_per_s']} | "
+                  f"{r['grad_images']} / {r['forward_images']} | "
                   f"{r['achieved_tflops']} | {frac} | {mem} | {100 * r['fooled']:.0f}% |")
     text = "\n".join(md) + "\n"
     print(text)
