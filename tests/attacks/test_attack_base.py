@@ -203,3 +203,29 @@ def test_judge_reuses_only_exact_decisions() -> None:
     assert res.success.tolist() == [True, False, False, False]
     rows.clear()
     assert not bool(judge(model, clean, goal, adv, budget).success.any()) and rows == [4]
+
+
+class _BatchNormScores(torch.nn.Module):
+    """Scores through batch norm: in training mode a forward moves its running statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(self.conv(x)).mean((2, 3)))
+
+
+def test_judge_decides_in_eval_mode_and_leaves_the_model_as_it_was() -> None:
+    """Called directly on a model in training mode, judge takes the deployed (eval) decision,
+    moves no batch-norm statistics and gives the model back in training mode."""
+    model = _BatchNormScores().train()
+    x = grid_images(4, size=8)
+    stats = model.bn.running_mean.clone()
+    res = judge(model, x, Dodging(torch.arange(4)), x, Budget.from_8bit("linf", 8))
+    assert torch.equal(model.bn.running_mean, stats) and model.training
+    with torch.no_grad():
+        deployed = model.eval()(x).argmax(1)
+    assert torch.equal(res.success, deployed != torch.arange(4))

@@ -11,6 +11,7 @@ from defence_models import train_dict
 from safetensors.torch import load_file
 
 from advface.config import parse_config
+from advface.defences import adversarial_training
 from advface.defences.adversarial_training import (
     AdvTrainConfig,
     adv_train,
@@ -175,3 +176,26 @@ def test_fine_tuning_may_start_from_an_adversarially_trained_model(tmp_path: Pat
                                                  src.state_dict().values(), strict=True))
     with pytest.raises(CheckpointError, match="validation"):
         _init_from(fresh, path, data, TrainDataConfig(val_fraction=0.2, seed=0))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_adv_train_gives_the_caller_its_threads_and_random_stream_back(
+        tiny_lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    """The caller's thread count and global stream come back, also when training raises."""
+    torch.set_num_threads(3)  # the autouse fixture restores the session's count
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    if fails:
+        def fail(*args: object, **kwargs: object) -> torch.Tensor:
+            raise RuntimeError("after the threads and the seed were set")
+
+        monkeypatch.setattr(adversarial_training, "pool_images", fail)
+    cfg = adv_config(tiny_lfw, tmp_path / "adv", epochs=1)
+    if fails:
+        with pytest.raises(RuntimeError, match="after the threads"):
+            adv_train(cfg, progress=False, evaluate=False)
+    else:
+        assert adv_train(cfg, progress=False, evaluate=False).epochs_completed == 1
+    assert torch.get_num_threads() == 3
+    assert torch.equal(torch.rand(4), expected)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import Tensor, nn
 
-from advface.defences.evaluate import AttackPlan, default_attacks, evaluate_defence
+from advface.defences.evaluate import (
+    AttackPlan,
+    correct_fraction,
+    default_attacks,
+    evaluate_defence,
+)
 from advface.defences.transforms import JPEG, BitDepth, Defended, RandomResizePad
 
 
@@ -62,3 +69,29 @@ def test_plain_model_robust_accuracy_drops_with_eps(problem, small_model) -> Non
     assert accs[0] >= accs[1] >= accs[2]
     assert accs[2] < accs[0]
     assert res.undefended_clean_accuracy is None  # no surrogate for a plain model
+
+
+def test_evaluation_gives_the_defence_its_own_random_stream_back(problem, small_model) -> None:
+    """Evaluation reseeds for repeatability; the user's transform keeps its seed and stream."""
+    x, y = problem[0][::9], problem[1][::9]
+    plans = [AttackPlan("adaptive", "adaptive", "defended", "bpda", eot=2, steps=2)]
+    used = Defended(small_model, RandomResizePad(0.8, seed=5))
+    twin = Defended(small_model, RandomResizePad(0.8, seed=5))
+    assert torch.equal(used(x), twin(x))  # both mid-stream: the state, not just the seed
+    evaluate_defence(used, x, y, eps_8bit=(4,), attacks=plans, seed=1, eval_draws=2)
+    assert used.transforms[0].seed == 5
+    assert torch.equal(used(x), twin(x))
+
+
+def test_failed_evaluation_gives_the_defence_its_own_random_stream_back(problem) -> None:
+    class Broken(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            raise RuntimeError("scorer failed")
+
+    x, y = problem
+    used = RandomResizePad(0.8, seed=5)
+    twin = RandomResizePad(0.8, seed=5)
+    with pytest.raises(RuntimeError, match="scorer failed"):
+        correct_fraction(Defended(Broken(), used), x, y, seed=1)
+    assert used.seed == 5
+    assert torch.equal(used(x), twin(x))

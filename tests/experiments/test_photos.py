@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,7 +22,11 @@ def _photos(bits: dict) -> list[Path]:
     return [bits["photos"] / k for k in bits["held_out"]]
 
 
-def test_dodging_fools_dlib_and_every_number_is_measured_on_the_saved_files(lfw_bits, tmp_path):
+def test_dodging_fools_dlib_and_every_number_is_measured_on_the_saved_files(lfw_bits, tmp_path,
+                                                                          monkeypatch):
+    # The panel is drawn without switching the process's matplotlib backend (a notebook
+    # calling attack_photos would stop showing its own figures).
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail("matplotlib.use called"))
     out = tmp_path / "out"
     got = attack_photos(_photos(lfw_bits), lfw_bits["gallery"], out, eps_8bit=8,
                         cache_dir=lfw_bits["cache"], progress=False)

@@ -119,3 +119,34 @@ def test_same_keys_from_another_data_set_get_their_own_embeddings(tmp_path, tiny
     assert not torch.allclose(out[0], out[1])
     assert torch.equal(out[0], out[2])
     assert tiny_model.calls == 2 * len(out[0])  # the way back is served from the cache
+
+
+def test_state_a_model_builds_on_its_first_forward_stays_attackable(tiny_chips, tiny_face):
+    """embed() must not leave inference-mode tensors behind: a model that builds a table on its
+    first forward (positional or rotary caches do) would keep one and fail when attacked."""
+    from advface.attacks import PGD, Budget, Dodging
+
+    class Lazy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = tiny_face().eval()
+            self.embedding_dim, self.input_size = self.inner.embedding_dim, self.inner.input_size
+            self.table: torch.Tensor | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.table is None:
+                self.table = torch.linspace(0.5, 1.5, self.embedding_dim)
+            return self.inner(x) * self.table
+
+    model = Lazy()
+    x = F.interpolate(tiny_chips.load(tiny_chips.keys[:3]), size=model.input_size)
+    gallery = F.normalize(embed(model, x, progress=False), dim=1)
+    assert model.table is not None and not model.table.is_inference()
+
+    class Scores(torch.nn.Module):  # cosine to the three embeddings: identity scores
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return F.normalize(model(images), dim=1) @ gallery.T
+
+    res = PGD(Budget.from_8bit("linf", 4), steps=2).run(Scores(), x, Dodging(torch.arange(3)),
+                                                         seed=0)
+    assert res.adv.shape == x.shape

@@ -204,3 +204,6 @@ def test_callers_arrays_are_not_modified() -> None:
     index.identity_rank_lists(torch.from_numpy(q), 3)
     np.testing.assert_array_equal(g, g0)
     np.testing.assert_array_equal(q, q0)
+    buffer = g.copy()
+    GalleryIndex(memoryview(buffer), labels, "cosine")  # any buffer, not only an ndarray
+    np.testing.assert_array_equal(buffer, g0)

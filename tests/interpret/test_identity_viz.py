@@ -80,3 +80,13 @@ def test_priors_on_the_change_keep_the_start_face() -> None:
                                                            "prior_on": "change"})).images
     # Blurring the whole image erases the face; blurring only the edit keeps it.
     assert (on_change - face).abs().mean() < 0.5 * (on_image - face).abs().mean()
+
+
+def test_the_callers_model_gets_no_parameter_gradients() -> None:
+    """Only the pixels are differentiated: gradients left in the model's ``.grad`` would leak
+    into its owner's next optimiser step (loss.backward() used to put them there)."""
+    model = SmoothNet().eval()
+    res = visualise_identity(identity_objective(model, 1), images(2), VizConfig(steps=3),
+                             seed=0, model=model)
+    assert all(p.grad is None for p in model.parameters())
+    assert (res.final_objective > res.objective[0]).all()  # the pixels still moved uphill

@@ -135,3 +135,19 @@ def test_comparison_figure_writes_a_png(tmp_path: Path) -> None:
                             titles=["a", "b"], path=tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").stat().st_size > 1000
     assert len(fig.axes) == 10
+
+
+def test_the_default_target_is_the_deployed_decision() -> None:
+    """resolve_targets(target=None) on a model in training mode decides in eval mode, moves no
+    batch-norm statistics and leaves the model in training mode."""
+    from advface.interpret.scoring import resolve_targets
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = images(4)
+    model(x)  # materialise the lazy layer (moves the statistics once)
+    stats = model[1].running_mean.clone()
+    got = resolve_targets(model, x, None)
+    assert torch.equal(model[1].running_mean, stats) and model.training
+    with torch.no_grad():
+        assert torch.equal(got, model.eval()(x).argmax(1))

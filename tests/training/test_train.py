@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ from advface.config import parse_config
 from advface.data.synthetic import make_tiny_lfw
 from advface.errors import CheckpointError, ConfigError
 from advface.models.adhoc import load_adhoc
-from advface.training.train import TrainConfig, epoch_order, lr_at, train
+from advface.training import train as train_module
+from advface.training.train import TrainConfig, epoch_order, lr_at, pool_images, train
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +250,53 @@ def test_a_run_that_stopped_early_stays_stopped_on_resume(tiny_lfw: Path, tmp_pa
     before, after = load(weights), load_file(tmp_path / "run" / "model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture
+def caller_torch_state() -> Iterator[tuple[int, torch.Tensor]]:
+    """A caller on 3 threads with a seeded stream: (threads, its next 4 draws), restored after."""
+    before = torch.get_num_threads()
+    state = torch.get_rng_state()
+    torch.set_num_threads(3)
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    yield 3, expected
+    torch.set_num_threads(before)
+    torch.set_rng_state(state)
+
+
+def test_train_gives_the_caller_its_threads_and_random_stream_back(
+        tiny_lfw: Path, tmp_path: Path, caller_torch_state: tuple[int, torch.Tensor]) -> None:
+    """`advface run` trains in-process, then attacks: on the caller's threads and stream."""
+    threads, expected = caller_torch_state
+    result = train(config(tiny_lfw, tmp_path / "run", epochs=1), progress=False, evaluate=False)
+    assert result.epochs_completed == 1
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_train_gives_the_caller_state_back_when_it_fails(
+        tiny_lfw: Path, tmp_path: Path, caller_torch_state: tuple[int, torch.Tensor],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    threads, expected = caller_torch_state
+
+    def fail(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("after the threads and the seed were set")
+
+    monkeypatch.setattr(train_module, "pool_images", fail)
+    with pytest.raises(RuntimeError, match="after the threads"):
+        train(config(tiny_lfw, tmp_path / "run"), progress=False, evaluate=False)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("size", [8, 4])
+def test_pool_images_leaves_a_float_input_alone(size: int) -> None:
+    """On a float32 input ``.to(float32)`` is the caller's tensor: no in-place division."""
+    images = (torch.arange(2 * 3 * 8 * 8) % 256).to(torch.float32).reshape(2, 3, 8, 8)
+    before = images.clone()
+    out = pool_images(images, size, chunk=1)
+    assert torch.equal(images, before)
+    assert out.shape == (2, 3, size, size)
+    assert torch.equal(out, pool_images(before.to(torch.uint8), size))

@@ -828,7 +828,7 @@ def judge(
     quantised images in full precision. ``known = (judged, success)`` gives decisions the
     attack already took with ``model`` in full precision on exactly these tensors
     (:attr:`BestTracker.judged`); those images are not evaluated again unless quantisation
-    changed them.
+    changed them. The model decides in eval mode, as in every attack.
     """
     quantized = quantize_within(clean, adv, budget)
     success = torch.zeros(adv.shape[0], dtype=torch.bool, device=adv.device)
@@ -843,7 +843,8 @@ def judge(
     if bool(todo.any()):
         rows = todo.nonzero()[:, 0]
         every = rows.numel() == adv.shape[0]
-        scores = model(adv if every else adv[rows]).float()
+        with eval_mode(model), torch.no_grad():  # a direct call must not move BN statistics
+            scores = model(adv if every else adv[rows]).float()
         sub = goal if every else goal[rows]
         sub.check(scores)
         success[rows] = sub.success(scores)

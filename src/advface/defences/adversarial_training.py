@@ -67,6 +67,7 @@ from advface.training.train import (
     build_optimiser,
     epoch_order,
     evaluate_prepared,
+    keeps_caller_torch_state,
     lr_at,
     pool_images,
     prepare_run_data,
@@ -308,6 +309,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
 
 
+@keeps_caller_torch_state
 def adv_train(
     cfg: AdvTrainConfig,
     *,
@@ -320,6 +322,7 @@ def adv_train(
 
     ``stop_after_epochs`` ends this call after that many epochs, leaving a resumable state.
     ``evaluate`` writes eval.json (clean probes) and robust_eval.json (attacked probes).
+    The caller's thread count and global RNG state are restored on return.
     """
     tc, adv = cfg.train, cfg.adversarial
     if tc.out_dir is None:
@@ -352,7 +355,7 @@ def adv_train(
     data = prepare_run_data(tc.data, out, resume and state_exists)
     atomic_write_bytes(out / "config.yaml", to_yaml(cfg).encode())
 
-    torch.manual_seed(tc.seed)
+    torch.default_generator.manual_seed(tc.seed)  # CPU only, as in train()
     model = build_model(tc, data.identities)
     if adv.init_checkpoint is not None and not (resume and state_exists):
         _init_from(model, Path(adv.init_checkpoint), data, tc.data)

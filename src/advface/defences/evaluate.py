@@ -25,7 +25,8 @@ surrogate is given.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +128,34 @@ def _reseed(module: nn.Module, seed: int) -> None:
         module.reseed(seed)
 
 
+@contextmanager
+def _random_state_kept(*modules: nn.Module | None) -> Iterator[None]:
+    """Put back the seed and generators of every reseedable module on exit (also on error).
+
+    Evaluation reseeds the defence (:func:`_reseed`) to make its draws repeatable; afterwards
+    the caller's random transforms must go on with the stream they were configured with.
+    Saved are each submodule's ``seed`` attribute and its :class:`torch.Generator` attributes
+    (the objects themselves, which ``reseed`` may replace, and their states).
+    """
+    saved: list[tuple[nn.Module, str, Any, Tensor | None]] = []
+    for module in modules:
+        if module is None or not hasattr(module, "reseed"):
+            continue
+        for m in module.modules():
+            for name, value in list(vars(m).items()):
+                if isinstance(value, torch.Generator):
+                    saved.append((m, name, value, value.get_state()))
+                elif name == "seed":
+                    saved.append((m, name, value, None))
+    try:
+        yield
+    finally:
+        for m, name, value, state in reversed(saved):
+            if state is not None:
+                value.set_state(state)
+            setattr(m, name, value)
+
+
 @torch.no_grad()
 def correct_fraction(
     model: nn.Module, images: Tensor, labels: Tensor, *, seed: int = 0, draws: int = 1,
@@ -138,7 +167,7 @@ def correct_fraction(
     so the clean and the attacked batch see the same draws per image position.
     """
     total = torch.zeros(images.shape[0], dtype=torch.float64)
-    with eval_mode(model):
+    with eval_mode(model), _random_state_kept(model):
         for d in range(draws):
             _reseed(model, seed + d)
             for i in range(0, images.shape[0], batch_size):
@@ -189,45 +218,48 @@ def evaluate_defence(
         defended, has_undefended=undefended is not None)
     describe = defended.describe() if isinstance(defended, Defended) else type(defended).__name__
     n = images.shape[0]
-    clean_ok = correct_fraction(defended, images, labels, seed=seed, draws=eval_draws,
-                                batch_size=batch_size)
-    und_acc = None
-    if undefended is not None:
-        und_acc = float(correct_fraction(undefended, images, labels, batch_size=batch_size).mean())
-    result = DefenceEvaluation(
-        defence=describe, n_images=n, clean_accuracy=float(clean_ok.mean()),
-        undefended_clean_accuracy=und_acc, attacks=[asdict(p) for p in plans], seed=seed,
-        eval_draws=eval_draws)
-    bar = tqdm(total=len(eps_8bit) * len(plans), desc="defence eval", disable=not progress,
-               leave=False)
-    for e in eps_8bit:
-        budget = Budget.from_8bit("linf", float(e))
-        per_attack = []
-        for p_i, plan in enumerate(plans):
-            started = time.monotonic()
-            model = _attack_model(plan, defended, undefended)
-            attack = PGD(budget, steps=plan.steps, random_restarts=plan.restarts,
-                         loss=plan.loss, early_stop=plan.early_stop)
-            advs = []
-            for b, i in enumerate(range(0, n, batch_size)):
-                x, y = images[i : i + batch_size], labels[i : i + batch_size]
-                _reseed(model, seed + 7919 * b + 104729 * p_i)
-                advs.append(attack.run(model, x, Dodging(y), seed=seed + b).adv)
-            adv = torch.cat(advs)
-            adv_ok = correct_fraction(defended, adv, labels, seed=seed, draws=eval_draws,
-                                      batch_size=batch_size)
-            robust = torch.minimum(adv_ok, clean_ok)
-            per_attack.append(robust)
-            k = round(float(robust.sum()))
-            lo, hi = wilson_interval(k, n)
-            result.rows.append({
-                "eps255": float(e), "attack": plan.name, "kind": plan.kind,
-                "robust_accuracy": float(robust.mean()), "ci95": [lo, hi],
-                "seconds": round(time.monotonic() - started, 2),
-            })
-            bar.update(1)
-        result.worst_case[f"{float(e):g}"] = float(torch.stack(per_attack).amin(0).mean())
-    bar.close()
+    # Seeded for the evaluation; the caller's transforms get their own streams back.
+    with _random_state_kept(defended, undefended):
+        clean_ok = correct_fraction(defended, images, labels, seed=seed, draws=eval_draws,
+                                    batch_size=batch_size)
+        und_acc = None
+        if undefended is not None:
+            und_acc = float(correct_fraction(undefended, images, labels,
+                                             batch_size=batch_size).mean())
+        result = DefenceEvaluation(
+            defence=describe, n_images=n, clean_accuracy=float(clean_ok.mean()),
+            undefended_clean_accuracy=und_acc, attacks=[asdict(p) for p in plans], seed=seed,
+            eval_draws=eval_draws)
+        bar = tqdm(total=len(eps_8bit) * len(plans), desc="defence eval", disable=not progress,
+                   leave=False)
+        for e in eps_8bit:
+            budget = Budget.from_8bit("linf", float(e))
+            per_attack = []
+            for p_i, plan in enumerate(plans):
+                started = time.monotonic()
+                model = _attack_model(plan, defended, undefended)
+                attack = PGD(budget, steps=plan.steps, random_restarts=plan.restarts,
+                             loss=plan.loss, early_stop=plan.early_stop)
+                advs = []
+                for b, i in enumerate(range(0, n, batch_size)):
+                    x, y = images[i : i + batch_size], labels[i : i + batch_size]
+                    _reseed(model, seed + 7919 * b + 104729 * p_i)
+                    advs.append(attack.run(model, x, Dodging(y), seed=seed + b).adv)
+                adv = torch.cat(advs)
+                adv_ok = correct_fraction(defended, adv, labels, seed=seed, draws=eval_draws,
+                                          batch_size=batch_size)
+                robust = torch.minimum(adv_ok, clean_ok)
+                per_attack.append(robust)
+                k = round(float(robust.sum()))
+                lo, hi = wilson_interval(k, n)
+                result.rows.append({
+                    "eps255": float(e), "attack": plan.name, "kind": plan.kind,
+                    "robust_accuracy": float(robust.mean()), "ci95": [lo, hi],
+                    "seconds": round(time.monotonic() - started, 2),
+                })
+                bar.update(1)
+            result.worst_case[f"{float(e):g}"] = float(torch.stack(per_attack).amin(0).mean())
+        bar.close()
     return result
 
 

@@ -432,14 +432,15 @@ def attack_photos(
 
 def _panel(out_dir: Path, outcomes: list[PhotoOutcome]) -> None:
     """``panel.png``: clean | adversarial | difference x10 per photo, decisions in the titles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A detached Figure, not pyplot: matplotlib.use("Agg") would switch the caller's whole
+    # process (a notebook stops showing its figures after one call).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from PIL import Image
 
-    fig, axes = plt.subplots(len(outcomes), 3, figsize=(7.5, 2.7 * len(outcomes)),
-                             squeeze=False)
+    fig = Figure(figsize=(7.5, 2.7 * len(outcomes)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(outcomes), 3, squeeze=False)
     for row, o in zip(axes, outcomes, strict=True):
         for ax, name, title in (
             (row[0], o.clean_png, f"clean: {o.clean_top[0][0]}"),
@@ -455,4 +456,3 @@ def _panel(out_dir: Path, outcomes: list[PhotoOutcome]) -> None:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_dir / "panel.png", dpi=110)
-    plt.close(fig)

@@ -144,7 +144,9 @@ def embed(
     With a :class:`ChipIndex`, ``keys`` selects the chips (default: all, sorted) and rows come
     back in that order; with a tensor ``(N, 3, H, W)`` every image is embedded (``keys``, if
     given, must have ``N`` entries and names the rows in the cache). Runs under
-    ``torch.inference_mode()`` with the model in eval mode (its mode is restored afterwards).
+    ``torch.no_grad()`` (not inference mode, whose tensors a model that builds state lazily
+    would keep and then fail to attack) with the model in eval mode (each module's own mode is
+    restored afterwards).
     ``cache_dir`` enables the on-disk cache described in the module docstring.
     """
     if batch_size <= 0:
@@ -201,7 +203,7 @@ def embed(
             bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc="embed", unit="img",
                        disable=not progress, dynamic_ncols=True)
             try:
-                with torch.inference_mode():
+                with torch.no_grad():
                     for b, start in enumerate(range(0, len(todo), batch_size)):
                         batch_keys = todo[start : start + batch_size]
                         if chips is not None:

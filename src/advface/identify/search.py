@@ -50,7 +50,10 @@ def _as_matrix(x: Any, dim: int | None, what: str, *, writable: bool = False) ->
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     a = np.ascontiguousarray(x, dtype=np.float32)
-    if writable and isinstance(x, np.ndarray) and np.shares_memory(a, x):
+    # Only an ndarray that ``a`` does not share is known to be ours; any other buffer (a
+    # memoryview, say) may be the caller's memory under a new array.
+    fresh = isinstance(x, np.ndarray) and not np.shares_memory(a, x)
+    if writable and not fresh:
         a = a.copy()
     if a.ndim != 2:
         raise ValueError(f"{what} must be a 2-D (N, D) matrix, got shape {a.shape}")

@@ -191,8 +191,9 @@ def visualise_identity(
             loss = -obj.sum()
             if cfg.tv_weight > 0:
                 loss = loss + cfg.tv_weight * total_variation(x - anchor).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # The gradient of the pixels only: backward() would also add into the .grad of the
+            # network's parameters, the caller's model, and leak into its next optimiser step.
+            (x.grad,) = torch.autograd.grad(loss, x)
             if cfg.grad_clip is not None and x.grad is not None:
                 x.grad.clamp_(-cfg.grad_clip, cfg.grad_clip)
             opt.step()

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from advface.errors import AdvfaceError
+from advface.models.modes import eval_mode
 
 
 class LogitScorer(nn.Module):
@@ -52,7 +53,7 @@ def resolve_targets(
     """
     n = images.shape[0]
     if target is None:
-        with torch.no_grad():
+        with eval_mode(scorer), torch.no_grad():  # the deployed decision; BN stats untouched
             return scorer(images).argmax(dim=1)
     t = torch.as_tensor(target, dtype=torch.long, device=images.device).reshape(-1)
     if t.numel() == 1 and n != 1:

@@ -18,15 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from advface.metrics.identification import identification_metrics, random_baseline_for
+from advface.models.modes import eval_mode
 
 KS = (1, 5, 10, 20)
 
 
 def as_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.to(torch.float32).div_(255.0)
+    return images_uint8.to(torch.float32).div(255.0)  # out of place: never the caller's tensor
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: lazily built model state must stay attackable
 def batched(fn, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Apply ``fn`` to uint8 or float images in batches (inference mode, no autograd)."""
     outs = []
@@ -59,8 +60,24 @@ def evaluate_model(
     n_identities: int,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Both decisions' metrics and the random baseline (JSON-ready; rank keys are strings)."""
-    model.eval()
+    """Both decisions' metrics and the random baseline (JSON-ready; rank keys are strings).
+
+    The model runs in eval mode; each of its modules gets its own mode back afterwards.
+    """
+    with eval_mode(model):
+        return _evaluate(model, gallery_images, gallery_labels, probe_images, probe_labels,
+                         n_identities, batch_size)
+
+
+def _evaluate(
+    model: nn.Module,
+    gallery_images: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    probe_images: torch.Tensor,
+    probe_labels: torch.Tensor,
+    n_identities: int,
+    batch_size: int,
+) -> dict[str, Any]:
     probe_emb = batched(model, probe_images, batch_size)
     gallery_emb = batched(model, gallery_images, batch_size)
     nn_scores = gallery_scores(probe_emb, gallery_emb, gallery_labels, n_identities,

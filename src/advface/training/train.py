@@ -29,15 +29,16 @@ Output directory::
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -402,7 +403,8 @@ def pool_images(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tens
     """uint8 150x150 -> float [0, 1] at the model's internal size (same pooling as forward)."""
     out = []
     for i in range(0, images.shape[0], chunk):
-        x = images[i : i + chunk].to(torch.float32).div_(255.0)
+        # Out of place: on a float32 input ``.to`` returns the caller's tensor itself.
+        x = images[i : i + chunk].to(torch.float32) / 255.0
         out.append(F.adaptive_avg_pool2d(x, size) if x.shape[-1] != size else x)
     return torch.cat(out) if out else torch.empty(0, 3, size, size)
 
@@ -499,6 +501,33 @@ def _train_epoch(
             "lr": lr_at(cfg, step - 1, total_steps)}, step, True
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def keeps_caller_torch_state(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Give the caller back its torch thread count and global RNG state when ``fn`` ends.
+
+    Training sets both for itself (``threads``, ``seed``); `advface run` trains a missing
+    checkpoint in-process and then attacks, which must not inherit the training's thread count
+    or a reseeded random stream. Restored on error too. CUDA streams are forked only when CUDA
+    is already initialised: forking would initialise it, and training runs on the CPU.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        threads = torch.get_num_threads()
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        try:
+            with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+                return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+@keeps_caller_torch_state
 def train(
     cfg: TrainConfig,
     *,
@@ -510,7 +539,8 @@ def train(
     """Train (or resume) an :class:`AdHocNet` as ``cfg`` says; see the module docstring.
 
     ``stop_after_epochs`` ends this call after that many epochs *in this call*, leaving a
-    resumable state, as an interruption would (used by tests and for chunked runs).
+    resumable state, as an interruption would (used by tests and for chunked runs). The
+    caller's thread count and global RNG state are restored on return.
     """
     if cfg.out_dir is None:
         raise ConfigError("no output folder given", fix="set out_dir in the config or pass --out")
@@ -534,7 +564,9 @@ def train(
     data = prepare_run_data(cfg.data, out, resume and state_exists)
     atomic_write_bytes(out / "config.yaml", to_yaml(cfg).encode())
 
-    torch.manual_seed(cfg.seed)
+    # The CPU stream only (all training draws are on the CPU): torch.manual_seed would also
+    # queue a seed for a not yet initialised CUDA, replacing the caller's, past the restore.
+    torch.default_generator.manual_seed(cfg.seed)
     model = build_model(cfg, data.identities)
     # NHWC is ~1.5-2x faster for these convolutions on CPU (oneDNN); the values are the same.
     model = model.to(memory_format=torch.channels_last)
