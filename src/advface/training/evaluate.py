@@ -65,35 +65,21 @@ def evaluate_model(
     The model runs in eval mode; each of its modules gets its own mode back afterwards.
     """
     with eval_mode(model):
-        return _evaluate(model, gallery_images, gallery_labels, probe_images, probe_labels,
-                         n_identities, batch_size)
-
-
-def _evaluate(
-    model: nn.Module,
-    gallery_images: torch.Tensor,
-    gallery_labels: torch.Tensor,
-    probe_images: torch.Tensor,
-    probe_labels: torch.Tensor,
-    n_identities: int,
-    batch_size: int,
-) -> dict[str, Any]:
-    probe_emb = batched(model, probe_images, batch_size)
-    gallery_emb = batched(model, gallery_images, batch_size)
+        probe_emb = batched(model, probe_images, batch_size)
+        gallery_emb = batched(model, gallery_images, batch_size)
+        logits = (batched(model.logits, probe_images, batch_size) if hasattr(model, "logits")
+                  else None)
     nn_scores = gallery_scores(probe_emb, gallery_emb, gallery_labels, n_identities,
                                getattr(model, "metric", "cosine"))
-    result: dict[str, Any] = {
+    return {
         "n_probes": int(probe_labels.numel()),
         "n_identities": n_identities,
         "n_gallery": int(gallery_labels.numel()),
         "gallery_nn": _jsonable(identification_metrics(nn_scores, probe_labels, KS)),
         "random": _jsonable(random_baseline_for(nn_scores, probe_labels, KS)),
-        "softmax": None,
+        "softmax": (None if logits is None
+                    else _jsonable(identification_metrics(logits, probe_labels, KS))),
     }
-    if hasattr(model, "logits"):
-        logits = batched(model.logits, probe_images, batch_size)
-        result["softmax"] = _jsonable(identification_metrics(logits, probe_labels, KS))
-    return result
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
