@@ -109,11 +109,12 @@ def flops_per_image(model: nn.Module, x: Tensor) -> tuple[float, float]:
     return float(counter.get_total_flops()), float(forward.get_total_flops())
 
 
-def images_through(name: str, amp: str | bool, model: nn.Module, bench: Bench,
-                   args: argparse.Namespace) -> tuple[int, int]:
-    """Images one run of the variant sends through ``model`` with and without a gradient
+def images_through(name: str, amp: str | bool, bench: Bench, args: argparse.Namespace
+                   ) -> tuple[int, int]:
+    """Images one run of the variant sends through ``bench.model`` with and without a gradient
     (counted on the plain model; a compiled one runs the same algorithm)."""
-    counting = Counting(model).eval()  # a peer's restore of its mode must not reach the model
+    # eval(): a peer's (recursive) restore of the wrapper's mode must not reach the model
+    counting = Counting(bench.model).eval()
     attack_fn(name, Bench(counting, bench.x, bench.y, bench.description), args, amp=amp)()
     return counting.grad_images, counting.forward_images
 
@@ -199,8 +200,7 @@ def main() -> None:
         for kind in ([] if args.amp is None else args.amp or ["bf16"]):
             variants += [("advface-same-work", kind), ("advface-default", kind)]
         for name, amp in variants:
-            grad_images, forward_images = images_through(name, amp, model, Bench(model, x, y, desc),
-                                                         args)
+            grad_images, forward_images = images_through(name, amp, Bench(model, x, y, desc), args)
             run = attack_fn(name, Bench(scored, x, y, desc), args, amp=amp)
             seconds, adv, peak = measure(run, device, args.warmup, args.repeats)
             q = to_grid(adv.detach().float())
@@ -215,9 +215,11 @@ def main() -> None:
                          else peak_tflops(device, bool(amp), args.peak_tflops))
             fwd_peak = (gemm["fp32"] if gemm
                         else peak_tflops(device, False, args.peak_tflops))
-            peak_t = (None if grad_peak is None or fwd_peak is None else work / 1e12 / (
-                flops * grad_images / 1e12 / grad_peak
-                + forward_flops * forward_images / 1e12 / fwd_peak))
+            peak_t = None
+            if grad_peak is not None and fwd_peak is not None:
+                roof_seconds = (flops * grad_images / grad_peak
+                                + forward_flops * forward_images / fwd_peak) / 1e12
+                peak_t = work / 1e12 / roof_seconds
             rows.append({
                 "model": args.model, "device": str(device), "batch": batch, "variant": name,
                 "precision": f"{amp}-autocast" if amp else "fp32",
@@ -247,8 +249,7 @@ def main() -> None:
           "untimed run: early stopping and evaluation forwards included; autocast rows re-take "
           "each step's decisions in fp32, their forward images)",
           "- Peak: " + ("measured: the best TFLOP/s of a 2048x2048 matrix product (of 10) on the "
-                        "same device "
-                        "and threads, per precision (" + ", ".join(
+                        "same device and threads, per precision (" + ", ".join(
                             f"{k} {v:.3f}" for k, v in gemm.items()) + " TFLOP/s)" if gemm
                         else f"given, {args.peak_tflops} TFLOP/s" if args.peak_tflops
                         else "the data sheet's dense TFLOP/s for this device (bf16/fp16 tensor "

@@ -29,7 +29,7 @@ def as_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()  # not inference_mode: lazily built model state must stay attackable
 def batched(fn, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Apply ``fn`` to uint8 or float images in batches (inference mode, no autograd)."""
+    """Apply ``fn`` to uint8 or float images in batches (no autograd)."""
     outs = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i : i + batch_size]

@@ -61,7 +61,7 @@ from advface.models.adhoc import (
 )
 from advface.training.augment import AugmentConfig, augment
 from advface.training.data import PreparedData, TrainDataConfig, prepare_data
-from advface.training.evaluate import evaluate_model, format_table, gallery_scores
+from advface.training.evaluate import as_float, evaluate_model, format_table, gallery_scores
 from advface.training.losses import ClassificationLoss, contrastive_loss, sample_pairs
 
 STATE_FORMAT = "advface-adhoc-train-state"
@@ -403,8 +403,7 @@ def pool_images(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tens
     """uint8 150x150 -> float [0, 1] at the model's internal size (same pooling as forward)."""
     out = []
     for i in range(0, images.shape[0], chunk):
-        # Out of place: on a float32 input ``.to`` returns the caller's tensor itself.
-        x = images[i : i + chunk].to(torch.float32) / 255.0
+        x = as_float(images[i : i + chunk])
         out.append(F.adaptive_avg_pool2d(x, size) if x.shape[-1] != size else x)
     return torch.cat(out) if out else torch.empty(0, 3, size, size)
 
